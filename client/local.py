@@ -1,0 +1,98 @@
+"""What a device does in one round, in plain PyTorch (no Flower): train locally, or evaluate.
+
+The device's model has a single user row (index 0): its own private embedding. The private
+embedding is created from a per-user seed the first time and is otherwise restored from the
+device state, so it is trained across rounds and never reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shared.config import RunConfig
+from shared.models import (
+    Recommender,
+    build_model,
+    global_arrays,
+    load_global,
+    load_private,
+    private_state,
+)
+from shared.split import UserData, train_rng, training_examples
+from shared.training import evaluate_user, evaluation_loss, make_optimizer, train_epoch
+
+LOCAL_USER = 0  # the device's own row in its one-user model
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    global_arrays: list[np.ndarray]
+    private: dict[str, np.ndarray]
+    loss: float
+    num_examples: int
+
+
+def device_model(
+    config: RunConfig,
+    num_items: int,
+    user_id: int,
+    global_params: Sequence[np.ndarray],
+    private: Mapping[str, np.ndarray] | None,
+) -> Recommender:
+    """The global model plus this user's private rows (fresh, seeded by user, if none yet)."""
+    model = build_model(
+        config.model,
+        1,
+        num_items,
+        dim=config.embedding_dim,
+        mlp_layers=config.layers,
+        seed=int(np.random.SeedSequence((config.seed, 3, user_id)).generate_state(1)[0]),
+    )
+    load_global(model, global_params)
+    if private is not None:
+        load_private(model, private)
+    return model
+
+
+def train(
+    config: RunConfig,
+    data: UserData,
+    user_id: int,
+    server_round: int,
+    global_params: Sequence[np.ndarray],
+    private: Mapping[str, np.ndarray] | None,
+) -> TrainResult:
+    """Local epochs over the device's positives and freshly sampled negatives."""
+    model = device_model(config, data.num_items, user_id, global_params, private)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate)
+    losses = []
+    for epoch in range(config.local_epochs):
+        rng = train_rng(config.seed, user_id, server_round * 1000 + epoch)
+        items, labels = training_examples(
+            data.train_items, data.num_items, config.train_negatives, rng
+        )
+        users = np.full(len(items), LOCAL_USER)
+        losses.append(train_epoch(model, optimizer, users, items, labels, config.batch_size, rng))
+    return TrainResult(
+        global_arrays=global_arrays(model),
+        private=private_state(model),
+        loss=float(np.mean(losses)),
+        num_examples=len(data.train_items),
+    )
+
+
+def evaluate(
+    config: RunConfig,
+    data: UserData,
+    user_id: int,
+    global_params: Sequence[np.ndarray],
+    private: Mapping[str, np.ndarray] | None,
+) -> tuple[float, dict[str, float]]:
+    """(loss, HR/NDCG@10 sampled and full ranking) of the device's held-out item."""
+    model = device_model(config, data.num_items, user_id, global_params, private)
+    with torch.no_grad():
+        return evaluation_loss(model, LOCAL_USER, data), evaluate_user(model, LOCAL_USER, data)

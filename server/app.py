@@ -1,0 +1,62 @@
+"""ServerApp: Flower glue on the legacy workflow route, which supports SecAgg+ (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+from logging import INFO
+
+from flwr.app import Context
+from flwr.common import log, ndarrays_to_parameters
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+from server.strategy import ConfideStrategy, build_aggregator
+from server.validation import ReplyValidator
+from shared.config import RunConfig
+from shared.models import build_model, global_arrays, global_names
+from shared.rundir import RunDirectory
+from shared.split import catalog_size
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = RunConfig.from_mapping(context.run_config)
+    run_dir = RunDirectory.create(config, kind="federated")
+    log(INFO, "[confide] run directory: %s", run_dir.path)
+
+    # The server never sees user rows: it builds a one-user model and keeps only the global part.
+    model = build_model(
+        config.model,
+        1,
+        catalog_size(config),
+        dim=config.embedding_dim,
+        mlp_layers=config.layers,
+        seed=config.seed,
+    )
+    names, arrays = global_names(model), global_arrays(model)
+    initial = ndarrays_to_parameters(arrays)
+    strategy = ConfideStrategy(
+        config,
+        aggregator=build_aggregator(config, initial),
+        validator=ReplyValidator.for_global(
+            names,
+            arrays,
+            max_num_examples=config.max_num_examples,
+            max_update_norm=config.max_update_norm,
+        ),
+        initial=initial,
+        run_dir=run_dir,
+    )
+    legacy = LegacyContext(
+        context=context,
+        config=ServerConfig(num_rounds=config.num_server_rounds),
+        strategy=strategy,
+    )
+    DefaultWorkflow()(grid, legacy)
+
+    final = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
+    run_dir.save_model(names, final)
+    run_dir.plot()
+    log(INFO, "[confide] finished: model, metrics and plot in %s", run_dir.path)

@@ -1,0 +1,200 @@
+"""The run configuration: one typed, frozen object parsed once from Flower's run config.
+
+Defaults live in one place only, ``[tool.flwr.app.config]`` in pyproject.toml. Flower merges them
+with ``flwr run --run-config`` overrides; ``confide`` merges them with ``--config FILE.toml`` and
+``--set key=value``. Both end in :meth:`RunConfig.from_mapping`, which rejects unknown keys, wrong
+types and out-of-range values with a message that says what to write instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from shared.data import DATASETS
+from shared.models import MODELS
+
+STRATEGIES = ("fedavg", "fedadam")
+OPTIMIZERS = ("adam", "sgd")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # data
+    seed: int
+    dataset: str
+    data_dir: str
+    synthetic_users: int
+    synthetic_items: int
+    eval_negatives: int
+    train_negatives: int
+    # model
+    model: str
+    embedding_dim: int
+    mlp_layers: str
+    # federation
+    num_server_rounds: int
+    clients_per_round: int
+    fraction_fit: float
+    min_fit_clients: int
+    eval_every: int
+    eval_clients: int
+    strategy: str
+    server_learning_rate: float
+    server_adam_tau: float
+    max_num_examples: int
+    max_update_norm: float
+    # local training
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    # centralized baseline
+    centralized_epochs: int
+    centralized_batch_size: int
+    centralized_learning_rate: float
+    # output
+    out_dir: str
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.mlp_layers.split(","))
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name.replace("_", "-") for f in fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Parse kebab-case keys (as in pyproject.toml) into a validated config."""
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {', '.join(known)}")
+        missing = sorted(set(known) - set(values))
+        if missing:
+            raise ConfigError(
+                f"missing config key(s) {missing}: defaults come from [tool.flwr.app.config] "
+                "in pyproject.toml; run from the project directory or set them explicitly"
+            )
+        kwargs = {f.name: _coerce(key, values[key], f.type) for key, f in known.items()}
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        _one_of("dataset", self.dataset, DATASETS)
+        _one_of("model", self.model, MODELS)
+        _one_of("strategy", self.strategy, STRATEGIES)
+        _one_of("optimizer", self.optimizer, OPTIMIZERS)
+        if self.dataset != "synthetic" and not self.data_dir:
+            raise ConfigError(f"dataset {self.dataset!r} needs data-dir: the path to its files")
+        try:
+            layers = self.layers
+        except ValueError:
+            raise ConfigError(
+                "mlp-layers must be comma-separated widths like '64,32,16', "
+                f"got {self.mlp_layers!r}"
+            ) from None
+        if not layers or layers[0] % 2 or min(layers) < 1:
+            raise ConfigError(
+                f"mlp-layers must be positive and start even, got {self.mlp_layers!r}"
+            )
+        for key in (
+            "synthetic_users",
+            "synthetic_items",
+            "eval_negatives",
+            "embedding_dim",
+            "num_server_rounds",
+            "min_fit_clients",
+            "eval_every",
+            "max_num_examples",
+            "local_epochs",
+            "batch_size",
+            "centralized_epochs",
+            "centralized_batch_size",
+        ):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key.replace('_', '-')} must be at least 1")
+        for key in ("train_negatives", "clients_per_round", "eval_clients"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key.replace('_', '-')} must be 0 or more")
+        if not 0.0 < self.fraction_fit <= 1.0:
+            raise ConfigError(f"fraction-fit must be in (0, 1], got {self.fraction_fit}")
+        for key in ("learning_rate", "centralized_learning_rate", "server_learning_rate"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key.replace('_', '-')} must be positive")
+        if self.max_update_norm <= 0:
+            raise ConfigError("max-update-norm must be positive")
+        if self.server_adam_tau <= 0:
+            raise ConfigError("server-adam-tau must be positive")
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    expected = {"int": int, "float": float, "str": str}[annotation]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(
+            f"{key} must be a {annotation} (TOML: {_example(annotation)}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _example(annotation: str) -> str:
+    return {"int": "3", "float": "0.5", "str": '"text"'}[annotation]
+
+
+def pyproject_defaults(pyproject: Path) -> dict[str, Any]:
+    """The ``[tool.flwr.app.config]`` table: the single source of defaults."""
+    with pyproject.open("rb") as fh:
+        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` where value is a TOML value; bare words are taken as strings."""
+    if "=" not in text:
+        raise ConfigError(f"expected key=value, got {text!r}")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """A config file: a flat TOML table of keys (the same keys as pyproject's app config)."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(
+            f"config file {path}: expected flat key = value lines, found tables {nested}"
+        )
+    return data

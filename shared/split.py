@@ -1,0 +1,198 @@
+"""Leave-one-out split, evaluation negatives and training negatives (DESIGN.md §7).
+
+Per-user randomness is seeded by ``(seed, purpose, user)``, so a user's negatives do not depend on
+any other user: a device can reproduce its own evaluation set from its own data alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shared.data import Interactions, load_dataset
+
+if TYPE_CHECKING:
+    from shared.config import RunConfig
+
+_EVAL_NEGATIVES = 1  # stream ids for per-user generators
+_TRAIN_NEGATIVES = 2
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Each user's latest interaction is held out; the rest is training data.
+
+    Training items of user ``u`` are ``train_items[train_indptr[u]:train_indptr[u + 1]]``.
+    """
+
+    num_users: int
+    num_items: int
+    train_indptr: np.ndarray
+    train_items: np.ndarray
+    test_item: np.ndarray  # (num_users,)
+    eval_negatives: np.ndarray  # (num_users, num_eval_negatives)
+
+    def user_train_items(self, user: int) -> np.ndarray:
+        return self.train_items[self.train_indptr[user] : self.train_indptr[user + 1]]
+
+    def user_data(self, user: int) -> UserData:
+        if not 0 <= user < self.num_users:
+            raise IndexError(f"user {user} out of range: the split has {self.num_users} users")
+        return UserData(
+            num_items=self.num_items,
+            train_items=self.user_train_items(user),
+            test_item=int(self.test_item[user]),
+            eval_negatives=self.eval_negatives[user],
+        )
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_items)
+
+
+@dataclass(frozen=True)
+class UserData:
+    """What one device holds: its training items, held-out item and evaluation negatives."""
+
+    num_items: int
+    train_items: np.ndarray
+    test_item: int
+    eval_negatives: np.ndarray
+
+
+def _user_rng(seed: int, stream: int, user: int) -> np.random.Generator:
+    return np.random.default_rng((seed, stream, user))
+
+
+def sample_excluding(
+    rng: np.random.Generator, num_items: int, excluded: np.ndarray, count: int
+) -> np.ndarray:
+    """``count`` distinct items drawn uniformly from ``range(num_items)`` minus ``excluded``."""
+    excluded = np.unique(excluded)
+    allowed = num_items - len(excluded)
+    if count > allowed:
+        raise ValueError(
+            f"cannot sample {count} negatives: only {allowed} of {num_items} items are allowed"
+        )
+    if 2 * len(excluded) > num_items:  # dense user: draw from the explicit complement
+        return rng.choice(np.setdiff1d(np.arange(num_items), excluded), size=count, replace=False)
+    # Sparse user (the usual case): rejection sampling avoids an O(num_items) pass per user.
+    chosen = np.empty(0, dtype=np.int64)
+    while len(chosen) < count:
+        draws = rng.integers(0, num_items, size=2 * (count - len(chosen)) + 8)
+        merged = np.concatenate([chosen, draws[~np.isin(draws, excluded)]])
+        _, first = np.unique(merged, return_index=True)
+        chosen = merged[np.sort(first)]  # distinct, in draw order
+    return chosen[:count]
+
+
+def leave_one_out(
+    data: Interactions, *, num_eval_negatives: int = 99, seed: int = 0
+) -> LeaveOneOut:
+    """Hold out each user's latest interaction (ties: the largest item id is latest).
+
+    Users with fewer than two interactions have nothing to train on and are rejected.
+    """
+    order = np.lexsort((data.item, data.timestamp, data.user))
+    users, items = data.user[order], data.item[order]
+    counts = np.bincount(users, minlength=data.num_users)
+    if (counts < 2).any():
+        bad = np.flatnonzero(counts < 2)
+        raise ValueError(
+            f"{len(bad)} users have fewer than 2 interactions (first: dense id {bad[0]}); "
+            "leave-one-out needs one to hold out and one to train on: filter them first"
+        )
+    ends = np.cumsum(counts)
+    is_test = np.zeros(len(items), dtype=bool)
+    is_test[ends - 1] = True
+    test_item = items[is_test]
+    train_items = items[~is_test]
+    train_indptr = np.concatenate([[0], np.cumsum(counts - 1)])
+
+    negatives = np.empty((data.num_users, num_eval_negatives), dtype=np.int64)
+    starts = ends - counts
+    for user in range(data.num_users):
+        seen = items[starts[user] : ends[user]]
+        rng = _user_rng(seed, _EVAL_NEGATIVES, user)
+        negatives[user] = np.sort(sample_excluding(rng, data.num_items, seen, num_eval_negatives))
+    return LeaveOneOut(
+        num_users=data.num_users,
+        num_items=data.num_items,
+        train_indptr=train_indptr,
+        train_items=train_items,
+        test_item=test_item,
+        eval_negatives=negatives,
+    )
+
+
+def training_examples(
+    train_items: np.ndarray, num_items: int, negatives_per_positive: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch of (item, label) pairs for one user: every positive plus fresh negatives.
+
+    Negatives are drawn uniformly, with replacement, from items outside the user's training
+    set, as in the NCF reference (resampled every epoch).
+    """
+    count = len(train_items) * negatives_per_positive
+    allowed = num_items - len(train_items)
+    if count and allowed <= 0:
+        raise ValueError("the user interacted with every item: no negatives can be sampled")
+    seen = np.zeros(num_items, dtype=bool)
+    seen[train_items] = True
+    negatives = rng.integers(0, num_items, size=count)
+    # Redraw collisions until none remain: cheap since users touch few items.
+    while True:
+        clash = seen[negatives]
+        if not clash.any():
+            break
+        negatives[clash] = rng.integers(0, num_items, size=int(clash.sum()))
+    items = np.concatenate([train_items, negatives])
+    labels = np.concatenate([np.ones(len(train_items)), np.zeros(count)]).astype(np.float32)
+    return items, labels
+
+
+def train_rng(seed: int, user: int, round_: int) -> np.random.Generator:
+    """Generator for one user's training negatives in one round (or epoch)."""
+    return np.random.default_rng((seed, _TRAIN_NEGATIVES, user, round_))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_split(
+    dataset: str,
+    data_dir: str,
+    seed: int,
+    synthetic_users: int,
+    synthetic_items: int,
+    eval_negatives: int,
+) -> LeaveOneOut:
+    data = load_dataset(
+        dataset,
+        data_dir or None,
+        seed=seed,
+        synthetic_users=synthetic_users,
+        synthetic_items=synthetic_items,
+    )
+    return leave_one_out(data, num_eval_negatives=eval_negatives, seed=seed)
+
+
+def split_for(config: RunConfig) -> LeaveOneOut:
+    """The run's split, loaded once per process (simulated clients share an actor process)."""
+    return _cached_split(
+        config.dataset,
+        config.data_dir,
+        config.seed,
+        config.synthetic_users,
+        config.synthetic_items,
+        config.eval_negatives,
+    )
+
+
+def catalog_size(config: RunConfig) -> int:
+    """Number of items in the catalogue (public: the item list, not anyone's interactions).
+
+    In simulation it is read off the dataset, which the simulation has on disk anyway.
+    """
+    return split_for(config).num_items

@@ -1,0 +1,78 @@
+"""Plain PyTorch training and evaluation, shared by the clients and the centralized baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.metrics import full_ranking_metrics, sampled_metrics
+from shared.models import Recommender
+from shared.split import UserData
+
+METRIC_KEYS = ("hr10", "ndcg10", "full_hr10", "full_ndcg10")
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}: choose adam or sgd")
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    users: np.ndarray,
+    items: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> float:
+    """One shuffled pass of binary cross-entropy over (user, item, label) rows; mean loss."""
+    model.train()
+    order = rng.permutation(len(items))
+    users_t = torch.as_tensor(users[order], dtype=torch.long)
+    items_t = torch.as_tensor(items[order], dtype=torch.long)
+    labels_t = torch.as_tensor(labels[order], dtype=torch.float32)
+    loss_fn = nn.BCEWithLogitsLoss()
+    total = 0.0
+    for start in range(0, len(order), batch_size):
+        batch = slice(start, start + batch_size)
+        optimizer.zero_grad()
+        loss = loss_fn(model(users_t[batch], items_t[batch]), labels_t[batch])
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(labels_t[batch])
+    return total / max(len(order), 1)
+
+
+@torch.no_grad()
+def evaluate_user(model: Recommender, user: int, data: UserData, k: int = 10) -> dict[str, float]:
+    """HR/NDCG@K of one user's held-out item against its negatives and against all unseen items."""
+    model.eval()
+    scores = model.score_all_items(user).numpy()
+    hr, nd = sampled_metrics(scores[data.test_item], scores[data.eval_negatives], k)
+    full_hr, full_nd = full_ranking_metrics(scores, data.test_item, data.train_items, k)
+    return {"hr10": hr, "ndcg10": nd, "full_hr10": full_hr, "full_ndcg10": full_nd}
+
+
+def evaluation_loss(model: Recommender, user: int, data: UserData) -> float:
+    """BCE of the held-out item (label 1) and its sampled negatives (label 0)."""
+    with torch.no_grad():
+        items = torch.as_tensor(np.concatenate([[data.test_item], data.eval_negatives]))
+        labels = torch.zeros(len(items))
+        labels[0] = 1.0
+        logits = model(torch.full_like(items, user), items)
+        return float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
+
+
+def evaluate_users(
+    model: Recommender, users: Sequence[int], data: Sequence[UserData], k: int = 10
+) -> dict[str, float]:
+    """Mean metrics over users (``users[i]`` is the model's row for ``data[i]``)."""
+    rows = [evaluate_user(model, u, d, k) for u, d in zip(users, data, strict=True)]
+    return {key: float(np.mean([r[key] for r in rows])) for key in METRIC_KEYS}

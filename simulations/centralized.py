@@ -1,0 +1,81 @@
+"""The centralized baseline: the same model, split, negatives and metrics, on pooled data.
+
+It is the reference every federated number is compared with.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from shared.config import RunConfig
+from shared.models import build_model, global_arrays, global_names
+from shared.rundir import RunDirectory
+from shared.split import split_for, train_rng, training_examples
+from shared.training import evaluate_users, make_optimizer, train_epoch
+
+
+def run_centralized(config: RunConfig, echo=print) -> RunDirectory:
+    split = split_for(config)
+    model = build_model(
+        config.model,
+        split.num_users,
+        split.num_items,
+        dim=config.embedding_dim,
+        mlp_layers=config.layers,
+        seed=config.seed,
+    )
+    optimizer = make_optimizer(
+        config.optimizer, model.parameters(), config.centralized_learning_rate
+    )
+    run_dir = RunDirectory.create(config, kind="centralized")
+    echo(
+        f"[confide] centralized {config.model} on {config.dataset}: {split.num_users} users, "
+        f"{split.num_items} items, {split.num_train} training interactions -> {run_dir.path}"
+    )
+    users_data = [split.user_data(u) for u in range(split.num_users)]
+    started = time.monotonic()
+    for epoch in range(1, config.centralized_epochs + 1):
+        epoch_started = time.monotonic()
+        users, items, labels = [], [], []
+        for user, data in enumerate(users_data):
+            # Same per-user negative stream as the user's device would draw in round `epoch`.
+            user_items, user_labels = training_examples(
+                data.train_items,
+                split.num_items,
+                config.train_negatives,
+                train_rng(config.seed, user, epoch * 1000),
+            )
+            users.append(np.full(len(user_items), user))
+            items.append(user_items)
+            labels.append(user_labels)
+        loss = train_epoch(
+            model,
+            optimizer,
+            np.concatenate(users),
+            np.concatenate(items),
+            np.concatenate(labels),
+            config.centralized_batch_size,
+            np.random.default_rng((config.seed, epoch)),
+        )
+        record: dict[str, float | int] = {"epoch": epoch, "train_loss": loss}
+        if epoch % config.eval_every == 0 or epoch == config.centralized_epochs:
+            record.update(evaluate_users(model, range(split.num_users), users_data))
+        record["epoch_seconds"] = round(time.monotonic() - epoch_started, 3)
+        record["elapsed_seconds"] = round(time.monotonic() - started, 3)
+        run_dir.log(record)
+        echo(progress(record, config.centralized_epochs))
+    run_dir.save_model(global_names(model), global_arrays(model))
+    run_dir.plot()
+    return run_dir
+
+
+def progress(record: dict, total: int) -> str:
+    line = f"[confide] epoch {record['epoch']}/{total} | loss {record['train_loss']:.4f}"
+    if "hr10" in record:
+        line += (
+            f" | HR@10 {record['hr10']:.4f} NDCG@10 {record['ndcg10']:.4f}"
+            f" (full {record['full_hr10']:.4f}/{record['full_ndcg10']:.4f})"
+        )
+    return line + f" | {record['epoch_seconds']:.1f}s"

@@ -1,0 +1,91 @@
+"""The ``confide`` command: ``simulate`` (Flower simulation) and ``centralized`` (baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.config import ConfigError, RunConfig, load_toml, parse_override, pyproject_defaults
+
+APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the directory with pyproject.toml
+
+
+def resolve_config(
+    config_file: str | None, overrides: list[str], out: str | None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """Defaults from pyproject.toml <- config file <- --set <- --out, validated once.
+
+    Returns the config and the values that differ from the defaults (what `flwr run` must be told).
+    Relative paths (data-dir, out-dir) are made absolute against the current directory, since the
+    simulation's processes do not run here.
+    """
+    pyproject = APP_DIR / "pyproject.toml"
+    if not pyproject.exists():
+        raise ConfigError(
+            f"{pyproject} not found: install confide from a source checkout (pip install -e .)"
+        )
+    defaults = pyproject_defaults(pyproject)
+    values = dict(defaults)
+    if config_file:
+        values.update(load_toml(Path(config_file)))
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    if out:
+        values["out-dir"] = out
+    for key in ("data-dir", "out-dir"):
+        if isinstance(values.get(key), str) and values[key]:
+            values[key] = str(Path(values[key]).expanduser().resolve())
+    config = RunConfig.from_mapping(values)
+    changed = {k: v for k, v in config.to_mapping().items() if defaults.get(k) != v}
+    return config, changed
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML file of config keys (see simulations/*.toml)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set num-server-rounds=5",
+    )
+    parser.add_argument(
+        "--out", help="run directory (default: runs/<time>-<kind>-<model>-<dataset>)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="confide", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    simulate = commands.add_parser("simulate", help="federated simulation on Flower's Ray backend")
+    _add_config_args(simulate)
+    simulate.add_argument(
+        "--supernodes",
+        type=int,
+        default=0,
+        help="number of simulated devices (default: one per user of the dataset)",
+    )
+    centralized = commands.add_parser("centralized", help="centralized baseline on pooled data")
+    _add_config_args(centralized)
+    args = parser.parse_args(argv)
+
+    try:
+        config, changed = resolve_config(args.config, args.set, args.out)
+    except (ConfigError, OSError) as err:
+        print(f"confide: config error: {err}", file=sys.stderr)
+        return 2
+    if args.command == "centralized":
+        from simulations.centralized import run_centralized
+
+        run_centralized(config)
+        return 0
+    from simulations.simulate import run_simulation
+
+    return run_simulation(config, changed, APP_DIR, supernodes=args.supernodes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Run the Flower app as a multi-process simulation on a SuperLink we start and stop ourselves.
+
+Why not plain ``flwr run .``: with no connection configured it starts a detached SuperLink that
+keeps running and ``uv sync``s the app's dependencies (torch included) into a fresh environment
+per run (DESIGN.md §6). Here we start ``flower-superlink --simulation`` with runtime dependency
+installation disabled, in a private ``FLWR_HOME`` (the user's ``~/.flwr`` is left alone), stream
+the run's log, read its real status (``flwr run`` exits 0 even when the ServerApp raised) and stop
+every process we started, by PID and process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from shared.config import RunConfig
+from shared.rundir import default_run_dir, read_metrics
+from shared.split import split_for
+
+CONNECTION = "confide-simulation"
+
+
+def _bin(name: str) -> str:
+    """Flower's executables from the same environment as this interpreter."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return repr(value)
+
+
+def _wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"flower-superlink did not become healthy on port {port} in {timeout:.0f}s")
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive_in_group(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_superlink(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop the SuperLink and its SuperExec's process group (the simulation and Ray live there).
+
+    SIGTERM to the SuperLink alone orphans the running simulation, so the group goes first.
+    """
+    groups = set()
+    for child in _children(process.pid):
+        try:
+            groups.add(os.getpgid(child))
+        except ProcessLookupError:
+            pass
+    groups.discard(os.getpgid(0))  # never our own group
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    if process.poll() is None:
+        process.terminate()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not any(_alive_in_group(g) for g in groups):
+            return
+        time.sleep(0.2)
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=5)
+
+
+def run_simulation(
+    config: RunConfig, changed: dict[str, Any], app_dir: Path, *, supernodes: int = 0
+) -> int:
+    """Run the app with one supernode per user; returns a process exit code."""
+    num_users = split_for(config).num_users
+    supernodes = supernodes or num_users
+    if supernodes > num_users:
+        print(
+            f"confide: {supernodes} supernodes but the dataset has {num_users} users",
+            file=sys.stderr,
+        )
+        return 2
+    if not config.out_dir:  # the ServerApp runs elsewhere: give it an absolute path
+        changed["out-dir"] = str(default_run_dir(config, "federated").resolve())
+    out_dir = Path(changed.get("out-dir", config.out_dir))
+
+    with tempfile.TemporaryDirectory(prefix="confide-flwr-") as home:
+        home_path = Path(home)
+        port = _free_port()
+        (home_path / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        overrides = home_path / "run-config.toml"
+        overrides.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in changed.items()))
+        env = {
+            **os.environ,
+            "FLWR_HOME": home,
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "OMP_NUM_THREADS": "1",  # one torch thread per Ray actor
+        }
+        env.pop("RAY_ADDRESS", None)  # never attach to somebody else's Ray cluster
+        log_file = (home_path / "superlink.log").open("w")
+        superlink = subprocess.Popen(
+            [
+                _bin("flower-superlink"),
+                "--simulation",
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=home,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            _wait_healthy(port, superlink)
+            print(
+                f"[confide] SuperLink pid {superlink.pid} on 127.0.0.1:{port}; "
+                f"{supernodes} supernodes; run directory {out_dir}",
+                flush=True,
+            )
+            federation = (
+                f"num-supernodes={supernodes} client-resources-num-cpus=1 "
+                "client-resources-num-gpus=0"
+            )
+            submitted = subprocess.run(
+                [
+                    _bin("flwr"),
+                    "run",
+                    str(app_dir),
+                    CONNECTION,
+                    "--run-config",
+                    str(overrides),
+                    "--federation-config",
+                    federation,
+                    "--format",
+                    "json",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            reply = _json_or_none(submitted.stdout)
+            if submitted.returncode or not reply or not reply.get("success"):
+                print(
+                    f"confide: flwr run failed:\n{submitted.stdout}{submitted.stderr}",
+                    file=sys.stderr,
+                )
+                return 1
+            run_id = str(reply["run-id"])
+            subprocess.run([_bin("flwr"), "log", run_id, CONNECTION, "--stream"], env=env)
+            status = _run_status(run_id, env)
+        finally:
+            stop_superlink(superlink)
+            log_file.close()
+    return _summarize(status, out_dir)
+
+
+def _json_or_none(text: str) -> dict | None:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _run_status(run_id: str, env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [_bin("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    info = _json_or_none(out.stdout) or {}
+    runs = info.get("runs") or []
+    if not runs:
+        return f"unknown ({out.stdout.strip() or out.stderr.strip()})"
+    run = runs[0]
+    details = run.get("status-details") or ""
+    details = "" if details == "N/A" else details
+    return f"{run.get('status', 'unknown')}{': ' + details if details else ''}"
+
+
+def _summarize(status: str, out_dir: Path) -> int:
+    print(f"[confide] run status: {status}")
+    records = read_metrics(out_dir) if (out_dir / "metrics.jsonl").exists() else []
+    skipped = [r["round"] for r in records if "skipped" in r]
+    if skipped:
+        print(f"[confide] WARNING: {len(skipped)} round(s) left the model unchanged: {skipped}")
+    evaluated = [r for r in records if "hr10" in r]
+    if evaluated:
+        last = evaluated[-1]
+        print(
+            f"[confide] round {last['round']}: "
+            f"HR@10 {last['hr10']:.4f} NDCG@10 {last['ndcg10']:.4f} "
+            f"full HR@10 {last['full_hr10']:.4f} full NDCG@10 {last['full_ndcg10']:.4f}"
+        )
+    print(f"[confide] run directory: {out_dir}")
+    if not status.startswith("finished:completed"):
+        return 1
+    return 0 if records and len(skipped) < len(records) else 1

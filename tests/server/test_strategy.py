@@ -1,0 +1,139 @@
+"""Every invalid reply is rejected and never reaches the global model."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.common import (
+    Code,
+    FitRes,
+    Parameters,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+
+from server.strategy import ConfideStrategy, build_aggregator
+from server.validation import InvalidReply, ReplyValidator
+from shared.models import build_model, global_arrays, global_names
+from shared.rundir import RunDirectory
+from tests.conftest import small_config
+
+
+class FakeProxy:
+    """Stands in for Flower's ClientProxy: the strategy only reads node_id."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+
+
+def _fit_res(arrays, num_examples=10, metrics=None):
+    return FitRes(
+        Status(Code.OK, ""), ndarrays_to_parameters(arrays), num_examples, metrics or {"loss": 0.5}
+    )
+
+
+@pytest.fixture
+def setup(tmp_path):
+    config = small_config(out_dir=str(tmp_path / "run"), strategy="fedavg")
+    model = build_model(config.model, 1, 200, dim=8, mlp_layers=(16, 8), seed=0)
+    names, arrays = global_names(model), global_arrays(model)
+    initial = ndarrays_to_parameters(arrays)
+    validator = ReplyValidator.for_global(
+        names, arrays, max_num_examples=1000, max_update_norm=50.0
+    )
+    strategy = ConfideStrategy(
+        config,
+        build_aggregator(config, initial),
+        validator,
+        initial,
+        RunDirectory.create(config, "federated"),
+    )
+    strategy.record = {"round": 1}
+    strategy.round_started = 0.0
+    return strategy, arrays
+
+
+def _corrupt(arrays, kind):
+    bad = [a.copy() for a in arrays]
+    if kind == "nan":
+        bad[0][0, 0] = np.nan
+    elif kind == "inf":
+        bad[-1][...] = np.inf
+    elif kind == "shape":
+        bad[0] = np.zeros((bad[0].shape[0] + 1, bad[0].shape[1]), np.float32)
+    elif kind == "dtype":
+        bad[0] = bad[0].astype(np.float64)
+    elif kind == "missing":
+        bad = bad[:-1]
+    elif kind == "extra":
+        bad = [*bad, np.zeros(3, np.float32)]
+    elif kind == "huge":
+        bad[0] = bad[0] + 1e30
+    return bad
+
+
+BAD_ARRAYS = ["nan", "inf", "shape", "dtype", "missing", "extra", "huge"]
+
+
+@pytest.mark.parametrize("kind", BAD_ARRAYS)
+def test_invalid_arrays_rejected_with_reason(setup, kind):
+    strategy, arrays = setup
+    with pytest.raises(InvalidReply):
+        strategy.validator.check(_fit_res(_corrupt(arrays, kind)), arrays)
+
+
+@pytest.mark.parametrize("examples", [0, -5, 10**9, 2.5, True])
+def test_bad_example_counts_rejected(setup, examples):
+    strategy, arrays = setup
+    with pytest.raises(InvalidReply, match="num_examples"):
+        strategy.validator.check(_fit_res(arrays, num_examples=examples), arrays)
+
+
+def test_undecodable_payload_rejected(setup):
+    strategy, arrays = setup
+    reply = _fit_res(arrays)
+    reply.parameters = Parameters(tensors=[b"not numpy"] * len(arrays), tensor_type="numpy.ndarray")
+    with pytest.raises(InvalidReply, match="decoded"):
+        strategy.validator.check(reply, arrays)
+
+
+@pytest.mark.parametrize("kind", BAD_ARRAYS)
+def test_invalid_reply_never_reaches_the_model(setup, kind):
+    strategy, arrays = setup
+    good = [a + 0.01 for a in arrays]
+    replies = [
+        (FakeProxy(1), _fit_res(good, 10)),
+        (FakeProxy(2), _fit_res(_corrupt(arrays, kind), 10)),
+    ]
+    parameters, _ = strategy.aggregate_fit(1, replies, [])
+    # the aggregate is exactly the one valid reply: the corrupt one had no weight at all
+    for got, want in zip(parameters_to_ndarrays(parameters), good, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert strategy.record["fit_rejected"] == 1 and strategy.record["fit_replies"] == 1
+
+
+def test_round_with_no_valid_reply_leaves_model_unchanged(setup):
+    strategy, arrays = setup
+    replies = [
+        (FakeProxy(i), _fit_res(_corrupt(arrays, kind))) for i, kind in enumerate(BAD_ARRAYS)
+    ]
+    parameters, metrics = strategy.aggregate_fit(1, replies, [RuntimeError("client crashed")])
+    assert parameters is None and metrics == {}  # Flower keeps the previous global model
+    assert strategy.record["skipped"].startswith("no valid replies")
+    assert strategy.record["fit_failures"] == len(BAD_ARRAYS) + 1
+    strategy._finish_round()
+    logged = json.loads((strategy.run_dir.path / "metrics.jsonl").read_text().splitlines()[0])
+    assert logged["round"] == 1 and logged["fit_rejected"] == len(BAD_ARRAYS)
+
+
+def test_fedavg_weights_by_examples(setup):
+    strategy, arrays = setup
+    a = [x + 0.01 for x in arrays]
+    b = [x + 0.04 for x in arrays]
+    parameters, _ = strategy.aggregate_fit(
+        1, [(FakeProxy(1), _fit_res(a, 30)), (FakeProxy(2), _fit_res(b, 10))], []
+    )
+    for got, base in zip(parameters_to_ndarrays(parameters), arrays, strict=True):
+        np.testing.assert_allclose(got, base + 0.0175, atol=1e-6)  # (30*0.01 + 10*0.04) / 40
+    assert strategy.record["train_loss"] == pytest.approx(0.5)

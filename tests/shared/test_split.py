@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from shared.data import from_arrays, synthetic
+from shared.split import leave_one_out, sample_excluding, train_rng, training_examples
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic(num_users=60, num_items=300, seed=3)
+
+
+def test_held_out_item_is_latest_and_never_in_training(data):
+    split = leave_one_out(data, seed=1)
+    for user in range(data.num_users):
+        mask = data.user == user
+        items, stamps = data.item[mask], data.timestamp[mask]
+        latest = items[stamps == stamps.max()].max()  # ties: largest item id counts as latest
+        assert split.test_item[user] == latest
+        train = split.user_train_items(user)
+        assert split.test_item[user] not in train
+        assert sorted(train.tolist() + [latest]) == sorted(items.tolist())
+    assert split.num_train == len(data) - data.num_users
+
+
+def test_timestamp_ties_broken_deterministically():
+    inter = from_arrays([1, 1, 1, 2, 2], [10, 30, 20, 10, 20], [5, 7, 7, 1, 1])
+    split = leave_one_out(inter, num_eval_negatives=0)
+    # user 1: items 30 and 20 share the latest time -> the larger dense id (item 30) is held out
+    assert inter.raw_item_ids[split.test_item[0]] == 30
+    assert inter.raw_item_ids[split.test_item[1]] == 20
+
+
+def test_eval_negatives_never_interacted_distinct_and_seeded(data):
+    a = leave_one_out(data, seed=7)
+    b = leave_one_out(data, seed=7)
+    c = leave_one_out(data, seed=8)
+    np.testing.assert_array_equal(a.eval_negatives, b.eval_negatives)
+    assert not np.array_equal(a.eval_negatives, c.eval_negatives)
+    assert a.eval_negatives.shape == (data.num_users, 99)
+    for user in range(data.num_users):
+        seen = set(data.item[data.user == user].tolist())
+        negatives = a.eval_negatives[user].tolist()
+        assert len(set(negatives)) == 99
+        assert not seen & set(negatives)
+
+
+def test_users_with_one_interaction_rejected():
+    inter = from_arrays([1, 1, 2], [1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="fewer than 2 interactions"):
+        leave_one_out(inter, num_eval_negatives=0)
+
+
+def test_sample_excluding_dense_and_sparse_paths():
+    rng = np.random.default_rng(0)
+    for excluded in (np.arange(5), np.arange(90)):
+        got = sample_excluding(rng, 100, excluded, 10)
+        assert len(set(got.tolist())) == 10 and not set(got.tolist()) & set(excluded.tolist())
+    with pytest.raises(ValueError, match="only 10 of 100"):
+        sample_excluding(rng, 100, np.arange(90), 11)
+
+
+def test_training_negatives_resampled_each_round_and_exclude_positives():
+    positives = np.array([1, 5, 9])
+    items, labels = training_examples(positives, 50, 4, train_rng(0, 3, 1))
+    assert labels.tolist() == [1.0] * 3 + [0.0] * 12
+    assert items[:3].tolist() == positives.tolist()
+    assert not set(items[3:].tolist()) & set(positives.tolist())
+    again, _ = training_examples(positives, 50, 4, train_rng(0, 3, 1))
+    other, _ = training_examples(positives, 50, 4, train_rng(0, 3, 2))
+    np.testing.assert_array_equal(items, again)
+    assert not np.array_equal(items, other)
