@@ -113,7 +113,10 @@ class ConfideStrategy(Strategy):
         if server_round % self.config.eval_every and not last:
             self._finish_round()
             return []
-        wanted = self.config.eval_clients or client_manager.num_available()
+        # Intermediate evaluations may sample; the last one ranks for every client.
+        wanted = client_manager.num_available()
+        if self.config.eval_clients and not last:
+            wanted = self.config.eval_clients
         cohort = self._cohort(client_manager, wanted)
         if not cohort:
             self._finish_round()

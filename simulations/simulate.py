@@ -125,6 +125,10 @@ def run_simulation(
         changed["out-dir"] = str(default_run_dir(config, "federated").resolve())
     out_dir = Path(changed.get("out-dir", config.out_dir))
 
+    # SIGTERM (and SIGINT, even when a shell started us in the background) unwinds through the
+    # `finally` below, so the SuperLink and the simulation are always stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     with tempfile.TemporaryDirectory(prefix="confide-flwr-") as home:
         home_path = Path(home)
         port = _free_port()
@@ -203,6 +207,10 @@ def run_simulation(
             stop_superlink(superlink)
             log_file.close()
     return _summarize(status, out_dir)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 def _json_or_none(text: str) -> dict | None:

@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from shared.config import ConfigError, RunConfig, load_toml, parse_override, pyproject_defaults
+from tests.conftest import ROOT
+
+
+def defaults() -> dict:
+    return pyproject_defaults(ROOT / "pyproject.toml")
+
+
+def test_pyproject_defaults_parse_into_typed_config():
+    config = RunConfig.from_mapping(defaults())
+    assert config.dataset == "synthetic" and config.layers == (64, 32, 16)
+    assert RunConfig.from_mapping(config.to_mapping()) == config  # round trip
+    assert sorted(defaults()) == sorted(RunConfig.keys())  # one source: every key has a default
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model", "bert", "model must be one of"),
+        ("dataset", "netflix", "dataset must be one of"),
+        ("num-server-rounds", 0, "at least 1"),
+        ("num-server-rounds", "3", "must be a int"),
+        ("learning-rate", True, "must be a float"),
+        ("fraction-fit", 1.5, "fraction-fit"),
+        ("mlp-layers", "64,x", "comma-separated"),
+        ("mlp-layers", "63,32", "start even"),
+    ],
+)
+def test_bad_values_rejected_with_reason(key, value, message):
+    values = defaults() | {key: value}
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_mapping(values)
+
+
+def test_unknown_and_missing_keys_rejected():
+    with pytest.raises(ConfigError, match="unknown config key.*num-rounds"):
+        RunConfig.from_mapping(defaults() | {"num-rounds": 3})
+    values = defaults()
+    del values["seed"]
+    with pytest.raises(ConfigError, match="missing config key.*seed"):
+        RunConfig.from_mapping(values)
+
+
+def test_file_dataset_needs_data_dir():
+    with pytest.raises(ConfigError, match="needs data-dir"):
+        RunConfig.from_mapping(defaults() | {"dataset": "ml-100k"})
+
+
+def test_int_is_accepted_where_float_expected():
+    assert RunConfig.from_mapping(defaults() | {"learning-rate": 1}).learning_rate == 1.0
+
+
+def test_parse_override():
+    assert parse_override("num-server-rounds=5") == ("num-server-rounds", 5)
+    assert parse_override("model=mf") == ("model", "mf")  # bare word taken as a string
+    assert parse_override('data-dir="/a b"') == ("data-dir", "/a b")
+    assert parse_override("fraction-fit = 0.5") == ("fraction-fit", 0.5)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("model")
+
+
+def test_shipped_simulation_configs_are_valid():
+    for path in sorted((ROOT / "simulations").glob("*.toml")):
+        values = defaults() | load_toml(path)
+        if values.get("data-dir"):
+            values["data-dir"] = str(Path("/nonexistent"))  # validity of keys, not of the data
+        RunConfig.from_mapping(values)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("model = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(bad)
+    nested = tmp_path / "nested.toml"
+    nested.write_text("[tool]\nx = 1\n")
+    with pytest.raises(ConfigError, match="flat key"):
+        load_toml(nested)

@@ -1,0 +1,39 @@
+import json
+
+import numpy as np
+
+from shared.models import build_model, global_names
+from simulations.centralized import run_centralized
+from simulations.cli import main
+from tests.conftest import small_config
+
+
+def test_centralized_writes_run_directory_and_learns(tmp_path):
+    config = small_config(
+        synthetic_users=150,
+        synthetic_items=300,
+        model="mf",
+        centralized_epochs=6,
+        eval_every=3,
+        centralized_learning_rate=0.01,
+        out_dir=str(tmp_path / "run"),
+    )
+    run_dir = run_centralized(config, echo=lambda _: None)
+    files = {p.name for p in run_dir.path.iterdir()}
+    assert {"config.json", "metrics.jsonl", "global_model.npz", "metrics.png"} <= files
+    assert json.loads((run_dir.path / "config.json").read_text())["model"] == "mf"
+    records = run_dir.records()
+    assert [r["epoch"] for r in records] == list(range(1, 7))
+    assert [r["epoch"] for r in records if "hr10" in r] == [3, 6]
+    # random ranking of 1 + 99 gives HR@10 = 0.1; a model that learned does far better
+    assert records[-1]["hr10"] > 0.3
+    assert records[-1]["full_hr10"] <= records[-1]["hr10"]  # ranking all items is harder
+    saved = np.load(run_dir.path / "global_model.npz")
+    assert sorted(saved.files) == sorted(global_names(build_model("mf", 1, 300)))
+
+
+def test_cli_reports_config_errors(capsys):
+    assert main(["centralized", "--set", "model=bert"]) == 2
+    assert "model must be one of" in capsys.readouterr().err
+    assert main(["simulate", "--set", "num-rounds=3"]) == 2
+    assert "unknown config key" in capsys.readouterr().err

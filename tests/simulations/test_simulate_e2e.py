@@ -1,0 +1,54 @@
+"""End to end: `confide simulate` starts a SuperLink, runs `flwr run` on Ray, and stops it all."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def test_two_round_simulation_on_synthetic_data(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulations.cli",
+            "simulate",
+            "--config",
+            "simulations/smoke.toml",
+            "--set",
+            "synthetic-users=20",
+            "--set",
+            "synthetic-items=200",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "run status: finished:completed" in log
+
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    for record in records:
+        assert record["fit_sampled"] == record["fit_replies"] == 20
+        assert record["fit_rejected"] == 0 and "skipped" not in record
+        assert record["eval_clients"] == 20
+        assert 0.0 <= record["full_hr10"] <= record["hr10"] <= 1.0
+    assert {"config.json", "global_model.npz", "metrics.png"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "config.json").read_text())["synthetic-users"] == 20
+    assert "[confide] round 2/2" in log  # progress is shown while it runs
+
+    # every process started for the run is gone: the SuperLink, by the PID it reported
+    pid = int(re.search(r"SuperLink pid (\d+)", log).group(1))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
