@@ -12,10 +12,13 @@ from flwr.app import Array, ArrayRecord, Context, RecordDict
 from flwr.client import ClientApp, NumPyClient
 
 from client import local
+from client.mods import user_clipping_mod
 from shared.config import RunConfig
+from shared.privacy import TRAINED, PrivacyHistory
 from shared.split import UserData, split_for
 
 PRIVATE_RECORD = "confide.private-embedding"
+HISTORY_RECORD = "confide.privacy-history"  # the device's DP-SGD accountant, whole run
 
 
 class DeviceClient(NumPyClient):
@@ -29,6 +32,14 @@ class DeviceClient(NumPyClient):
         record = self.state.array_records.get(PRIVATE_RECORD)
         return None if record is None else {k: v.numpy() for k, v in record.items()}
 
+    def _history(self) -> PrivacyHistory:
+        record = self.state.array_records.get(HISTORY_RECORD)
+        return (
+            PrivacyHistory()
+            if record is None
+            else PrivacyHistory.from_array(record["steps"].numpy())
+        )
+
     def fit(self, parameters, config):
         result = local.train(
             self.run_config,
@@ -37,11 +48,21 @@ class DeviceClient(NumPyClient):
             int(config["server-round"]),
             parameters,
             self._private(),
+            self._history(),
         )
         self.state.array_records[PRIVATE_RECORD] = ArrayRecord(
             array_dict={k: Array(v) for k, v in result.private.items()}
         )
-        return result.global_arrays, result.num_examples, {"loss": result.loss}
+        self.state.array_records[HISTORY_RECORD] = ArrayRecord(
+            array_dict={"steps": Array(result.history.to_array())}
+        )
+        metrics: dict[str, float | str] = {}
+        if result.status == TRAINED:
+            metrics["loss"] = result.loss
+        if self.run_config.dp_interaction:
+            # Rounded: the exact ε would reveal the device's sampling rate, hence its data size.
+            metrics.update(dp_status=result.status, dp_epsilon=round(result.epsilon, 1))
+        return result.global_arrays, result.num_examples, metrics
 
     def evaluate(self, parameters, config):
         loss, metrics = local.evaluate(
@@ -63,4 +84,4 @@ def client_fn(context: Context):
     return DeviceClient(config, split.user_data(user_id), user_id, context.state).to_client()
 
 
-app = ClientApp(client_fn=client_fn)
+app = ClientApp(client_fn=client_fn, mods=[user_clipping_mod])

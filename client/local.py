@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from client.dp import plan_round, train_private
 from shared.config import RunConfig
 from shared.models import (
     Recommender,
@@ -22,10 +23,12 @@ from shared.models import (
     load_private,
     private_state,
 )
+from shared.privacy import BUDGET_EXHAUSTED, TRAINED, PrivacyHistory
 from shared.split import UserData, train_rng, training_examples
 from shared.training import evaluate_user, evaluation_loss, make_optimizer, train_epoch
 
 LOCAL_USER = 0  # the device's own row in its one-user model
+NO_HISTORY = PrivacyHistory()
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class TrainResult:
     private: dict[str, np.ndarray]
     loss: float
     num_examples: int
+    status: str = TRAINED
+    history: PrivacyHistory = NO_HISTORY  # the device's DP-SGD steps, whole run
+    epsilon: float = 0.0  # interaction-level ε after this round (0 without DP)
 
 
 def device_model(
@@ -58,6 +64,13 @@ def device_model(
     return model
 
 
+def _seed_round(config: RunConfig, user_id: int, server_round: int) -> None:
+    # Fresh randomness per device and round: reusing one seed would repeat the DP noise.
+    torch.manual_seed(
+        int(np.random.SeedSequence((config.seed, 4, user_id, server_round)).generate_state(1)[0])
+    )
+
+
 def train(
     config: RunConfig,
     data: UserData,
@@ -65,9 +78,17 @@ def train(
     server_round: int,
     global_params: Sequence[np.ndarray],
     private: Mapping[str, np.ndarray] | None,
+    history: PrivacyHistory = NO_HISTORY,
 ) -> TrainResult:
-    """Local epochs over the device's positives and freshly sampled negatives."""
+    """Local epochs over the device's positives and freshly sampled negatives.
+
+    With ``dp-interaction`` the epochs run as DP-SGD and ``history`` (the device's accountant)
+    grows; a device whose ε would pass ``dp-epsilon-cap`` declines and changes nothing.
+    """
     model = device_model(config, data.num_items, user_id, global_params, private)
+    _seed_round(config, user_id, server_round)
+    if config.dp_interaction:
+        return _train_dp(config, model, data, user_id, server_round, global_params, history)
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate)
     losses = []
     for epoch in range(config.local_epochs):
@@ -82,6 +103,38 @@ def train(
         private=private_state(model),
         loss=float(np.mean(losses)),
         num_examples=len(data.train_items),
+    )
+
+
+def _train_dp(
+    config: RunConfig,
+    model: Recommender,
+    data: UserData,
+    user_id: int,
+    server_round: int,
+    global_params: Sequence[np.ndarray],
+    history: PrivacyHistory,
+) -> TrainResult:
+    plan = plan_round(config, len(data.train_items))
+    cap = config.dp_epsilon_cap
+    if cap and plan.history_after(history).epsilon(config.dp_delta, config.dp_accountant) > cap:
+        return TrainResult(
+            global_arrays=[np.array(a, copy=True) for a in global_params],
+            private=private_state(model),
+            loss=float("nan"),
+            num_examples=len(data.train_items),
+            status=BUDGET_EXHAUSTED,
+            history=history,
+            epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
+        )
+    loss, history = train_private(config, model, data, user_id, server_round, plan, history)
+    return TrainResult(
+        global_arrays=global_arrays(model),
+        private=private_state(model),
+        loss=loss,
+        num_examples=len(data.train_items),
+        history=history,
+        epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
     )
 
 

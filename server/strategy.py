@@ -8,25 +8,32 @@ validation of every reply (:mod:`server.validation`) and one metrics record per 
 from __future__ import annotations
 
 import time
+from importlib import metadata
 from logging import INFO, WARNING
 
 import numpy as np
 from flwr.common import (
+    Code,
     EvaluateIns,
     EvaluateRes,
     FitIns,
     FitRes,
     Parameters,
     Scalar,
+    Status,
     log,
+    ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAdam, FedAvgM, Strategy
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from server.user_dp import UserLevelDP
 from server.validation import InvalidReply, ReplyValidator
 from shared.config import RunConfig
+from shared.privacy import BUDGET_EXHAUSTED
 from shared.rundir import RunDirectory
 from shared.training import METRIC_KEYS
 
@@ -73,6 +80,13 @@ class ConfideStrategy(Strategy):
         self.current: list[np.ndarray] = parameters_to_ndarrays(initial)
         self.record: dict[str, Scalar] = {}
         self.started = time.monotonic()
+        self.round_started = self.started
+        self.user_dp: UserLevelDP | None = None
+        self.population = 0
+        self.stopped: str | None = None
+        self.device_epsilons: list[float] = []
+        self.device_exhausted = 0
+        self.nodes_at_cap: set[int] = set()  # distinct devices that declined, whole run
 
     # -- sampling ---------------------------------------------------------------------------
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -98,13 +112,37 @@ class ConfideStrategy(Strategy):
         self.record = {"round": server_round}
         self.round_started = time.monotonic()
         available = client_manager.num_available()
-        wanted = self.config.clients_per_round or int(available * self.config.fraction_fit)
-        cohort = self._cohort(client_manager, wanted)
+        config: dict[str, Scalar] = {"server-round": server_round}
+        if self.config.dp_user:
+            cohort = self._user_dp_cohort(server_round, client_manager)
+            config[KEY_CLIPPING_NORM] = self.config.dp_user_clip_norm
+        else:
+            wanted = self.config.clients_per_round or int(available * self.config.fraction_fit)
+            cohort = self._cohort(client_manager, wanted)
         self.record["fit_sampled"] = len(cohort)
-        if not cohort:
-            self.record["skipped"] = "not enough clients available"
-        fit_ins = FitIns(parameters, {"server-round": server_round})
+        if not cohort and "stopped" not in self.record:
+            self.record["skipped"] = "no clients sampled"
+        fit_ins = FitIns(parameters, config)
         return [(client, fit_ins) for client in cohort]
+
+    def _user_dp_cohort(
+        self, server_round: int, client_manager: ClientManager
+    ) -> list[ClientProxy]:
+        clients = list(client_manager.all().values())
+        self.population = len(clients)
+        if self.user_dp is None:
+            self.user_dp = UserLevelDP.from_config(self.config, self.population)
+        if self.stopped is None and self.user_dp.would_pass_cap(self.population):
+            self.stopped = (
+                f"user-level epsilon cap {self.config.dp_user_epsilon_cap:g} reached "
+                f"(epsilon {self.user_dp.epsilon():.3g} after {self.user_dp.history.steps} rounds)"
+            )
+            log(WARNING, "[confide] run stopped: %s", self.stopped)
+        if self.stopped is not None:
+            self.record["stopped"] = self.stopped
+            return []
+        chosen = set(self.user_dp.sample([c.node_id for c in clients], server_round))
+        return [c for c in clients if c.node_id in chosen]
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -125,10 +163,10 @@ class ConfideStrategy(Strategy):
 
     # -- aggregation ------------------------------------------------------------------------
     def aggregate_fit(self, server_round, results, failures):
-        valid: list[tuple[ClientProxy, FitRes]] = []
+        valid: list[tuple[ClientProxy, FitRes, list[np.ndarray]]] = []
         for proxy, reply in results:
             try:
-                self.validator.check(reply, self.current)
+                arrays = self.validator.check(reply, self.current)
             except InvalidReply as err:
                 log(
                     WARNING,
@@ -139,28 +177,63 @@ class ConfideStrategy(Strategy):
                 )
                 failures = [*failures, err]
                 continue
-            valid.append((proxy, reply))
+            valid.append((proxy, reply, arrays))
+        for failure in failures:
+            if isinstance(failure, BaseException) and not isinstance(failure, InvalidReply):
+                log(WARNING, "round %d: client failure: %s", server_round, failure)
+        # A device at its privacy budget declines to train: counted, never aggregated.
+        trained = [v for v in valid if v[1].metrics.get("dp_status") != BUDGET_EXHAUSTED]
         self.record.update(
             fit_replies=len(valid),
             fit_rejected=len(results) - len(valid),
             fit_failures=len(failures),
+            budget_exhausted=len(valid) - len(trained),
         )
-        for failure in failures:
-            if isinstance(failure, BaseException) and not isinstance(failure, InvalidReply):
-                log(WARNING, "round %d: client failure: %s", server_round, failure)
-        if not valid:
-            self.record["skipped"] = "no valid replies: global model unchanged"
-            log(WARNING, "round %d: no valid replies, global model unchanged", server_round)
+        self.device_epsilons = [
+            float(r.metrics["dp_epsilon"]) for _, r, _ in valid if "dp_epsilon" in r.metrics
+        ]
+        self.device_exhausted = len(valid) - len(trained)
+        self.nodes_at_cap |= {
+            proxy.node_id for proxy, r, _ in valid if r.metrics.get("dp_status") == BUDGET_EXHAUSTED
+        }
+        if not trained:
+            self.record["skipped"] = "no valid trained replies: global model unchanged"
+            log(WARNING, "round %d: no valid trained replies, global model unchanged", server_round)
             return None, {}
         losses = [
-            (r.num_examples, float(r.metrics["loss"])) for _, r in valid if "loss" in r.metrics
+            (r.num_examples, float(r.metrics["loss"])) for _, r, _ in trained if "loss" in r.metrics
         ]
         if losses:
             weights, values = zip(*losses, strict=True)
             self.record["train_loss"] = float(np.average(values, weights=weights))
-        parameters, _ = self.aggregator.aggregate_fit(server_round, valid, failures)
+        if self.user_dp is not None:
+            trained = [self._noised_average(server_round, trained)]
+        parameters, _ = self.aggregator.aggregate_fit(
+            server_round, [(proxy, reply) for proxy, reply, _ in trained], failures
+        )
         self.record["fit_seconds"] = round(time.monotonic() - self.round_started, 3)
         return parameters, {}
+
+    def _noised_average(self, server_round: int, trained: list) -> tuple:
+        """DP-FedAvg: one synthetic reply carrying current + noised average update.
+
+        The aggregator (FedAvg, FedAdam) then treats it as the round's average, so the server
+        optimizer runs unchanged on top of the privatized update.
+        """
+        updates = [
+            [new - old for new, old in zip(arrays, self.current, strict=True)]
+            for _, _, arrays in trained
+        ]
+        average = self.user_dp.aggregate(
+            updates, [a.shape for a in self.current], self.population, server_round
+        )
+        new = [
+            (old + delta).astype(old.dtype)
+            for old, delta in zip(self.current, average, strict=True)
+        ]
+        proxy = trained[0][0]
+        reply = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 1, {})
+        return proxy, reply, new
 
     def aggregate_evaluate(
         self,
@@ -205,13 +278,78 @@ class ConfideStrategy(Strategy):
         self.record["round_seconds"] = round(now - self.round_started, 3)
         self.record["elapsed_seconds"] = round(now - self.started, 3)
         self.run_dir.log(self.record)
+        if self.config.dp_interaction or self.config.dp_user:
+            self.run_dir.log_privacy(self._ledger_entry())
         log(INFO, "%s", progress_line(self.record, self.config.num_server_rounds))
         self.record = {}
+        self.device_epsilons, self.device_exhausted = [], 0
+
+    def _ledger_entry(self) -> dict:
+        """The round's privacy record: mechanism parameters and ε after the round, both units."""
+        entry: dict = {"round": self.record["round"]}
+        if "stopped" in self.record:
+            entry["stopped"] = self.record["stopped"]
+        cfg = self.config
+        interaction: dict = {"enabled": cfg.dp_interaction}
+        if cfg.dp_interaction:
+            eps = self.device_epsilons
+            interaction.update(
+                accountant=cfg.dp_accountant,
+                noise_multiplier=cfg.dp_noise_multiplier if not cfg.dp_target_epsilon else None,
+                target_epsilon=cfg.dp_target_epsilon or None,
+                max_grad_norm=cfg.dp_max_grad_norm,
+                delta=cfg.dp_delta,
+                epsilon_cap=cfg.dp_epsilon_cap or None,
+                sampling="poisson",
+                # Per-device q and steps depend on the device's data size, which stays private:
+                # only how they are derived is recorded.
+                sample_rate=f"batch-size / n per device (batch-size {cfg.batch_size})",
+                steps_per_round="local-epochs x ceil(n / batch-size)",
+                local_epochs=cfg.local_epochs,
+                devices_reporting=len(eps),
+                epsilon_min=min(eps) if eps else None,
+                epsilon_median=float(np.median(eps)) if eps else None,
+                epsilon_max=max(eps) if eps else None,
+                devices_at_cap=len(self.nodes_at_cap),
+                budget_exhausted=self.device_exhausted,
+            )
+        user: dict = {"enabled": cfg.dp_user}
+        if cfg.dp_user and self.user_dp is not None:
+            dp, population = self.user_dp, self.population
+            user.update(
+                accountant=cfg.dp_accountant,
+                noise_multiplier=dp.noise_multiplier,
+                clip_norm=dp.clip_norm,
+                sample_rate=dp.sample_rate(population),
+                population=population,
+                expected_cohort=dp.sample_rate(population) * population,
+                sampled=self.record.get("fit_sampled", 0),
+                replied=self.record.get("fit_replies", 0) - self.record.get("budget_exhausted", 0),
+                noise_stddev=dp.noise_stddev(population),
+                sampling="poisson",
+                delta=dp.delta,
+                epsilon_cap=cfg.dp_user_epsilon_cap or None,
+                epsilon=dp.epsilon(),
+                rounds_accounted=dp.history.steps,
+                status=f"skipped: {self.record['skipped']}"
+                if "skipped" in self.record
+                else ("stopped" if "stopped" in self.record else "aggregated"),
+            )
+        entry.update(
+            interaction_level=interaction, user_level=user, library_versions=library_versions()
+        )
+        return entry
+
+
+def library_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in ("opacus", "flwr", "torch", "numpy")}
 
 
 def progress_line(record: dict, total_rounds: int) -> str:
     parts = [f"[confide] round {record['round']}/{total_rounds}"]
-    if "skipped" in record:
+    if "stopped" in record:
+        parts.append(f"STOPPED ({record['stopped']})")
+    elif "skipped" in record:
         parts.append(f"SKIPPED ({record['skipped']})")
     parts.append(f"clients {record.get('fit_replies', 0)}/{record.get('fit_sampled', 0)}")
     if record.get("fit_rejected"):

@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.data import DATASETS
 from shared.models import MODELS
+from shared.privacy import ACCOUNTANTS
 
 STRATEGIES = ("fedavg", "fedadam")
 OPTIMIZERS = ("adam", "sgd")
@@ -61,6 +62,22 @@ class RunConfig:
     centralized_epochs: int
     centralized_batch_size: int
     centralized_learning_rate: float
+    # interaction-level DP: Opacus DP-SGD on each device
+    dp_interaction: bool
+    dp_noise_multiplier: float
+    dp_max_grad_norm: float
+    dp_target_epsilon: float
+    dp_planned_participations: int
+    dp_delta: float
+    dp_epsilon_cap: float
+    dp_accountant: str
+    # user-level DP: DP-FedAvg (clip each update on the device, noise on the server)
+    dp_user: bool
+    dp_user_noise_multiplier: float
+    dp_user_clip_norm: float
+    dp_user_target_epsilon: float
+    dp_user_delta: float
+    dp_user_epsilon_cap: float
     # output
     out_dir: str
 
@@ -142,6 +159,38 @@ class RunConfig:
             raise ConfigError("max-update-norm must be positive")
         if self.server_adam_tau <= 0:
             raise ConfigError("server-adam-tau must be positive")
+        self._validate_privacy()
+
+    def _validate_privacy(self) -> None:
+        _one_of("dp-accountant", self.dp_accountant, ACCOUNTANTS)
+        for key in ("dp_max_grad_norm", "dp_user_clip_norm"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key.replace('_', '-')} must be positive")
+        for key in (
+            "dp_noise_multiplier",
+            "dp_target_epsilon",
+            "dp_epsilon_cap",
+            "dp_user_noise_multiplier",
+            "dp_user_target_epsilon",
+            "dp_user_epsilon_cap",
+        ):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key.replace('_', '-')} must be 0 or more")
+        for key in ("dp_delta", "dp_user_delta"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(f"{key.replace('_', '-')} must be in (0, 1)")
+        if self.dp_planned_participations < 1:
+            raise ConfigError("dp-planned-participations must be at least 1")
+        if self.dp_interaction and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
+            raise ConfigError(
+                "dp-interaction is on but neither dp-noise-multiplier nor dp-target-epsilon is "
+                "set: with no noise there is no privacy; set one of them"
+            )
+        if self.dp_user and self.dp_user_noise_multiplier == 0 and self.dp_user_target_epsilon == 0:
+            raise ConfigError(
+                "dp-user is on but neither dp-user-noise-multiplier nor dp-user-target-epsilon is "
+                "set: with no noise there is no privacy; set one of them"
+            )
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -150,7 +199,11 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def _coerce(key: str, value: Any, annotation: str) -> Any:
-    expected = {"int": int, "float": float, "str": str}[annotation]
+    expected = {"int": int, "float": float, "str": str, "bool": bool}[annotation]
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {type(value).__name__} {value!r}")
+        return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, expected):
@@ -162,7 +215,7 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
 
 
 def _example(annotation: str) -> str:
-    return {"int": "3", "float": "0.5", "str": '"text"'}[annotation]
+    return {"int": "3", "float": "0.5", "str": '"text"', "bool": "true"}[annotation]
 
 
 def pyproject_defaults(pyproject: Path) -> dict[str, Any]:

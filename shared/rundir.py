@@ -16,6 +16,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 MODEL_FILE = "global_model.npz"
 PLOT_FILE = "metrics.png"
+LEDGER_FILE = "privacy_ledger.jsonl"
 
 
 def default_run_dir(config: RunConfig, kind: str) -> Path:
@@ -43,6 +44,10 @@ class RunDirectory:
     def log(self, record: dict[str, Any]) -> None:
         with (self.path / METRICS_FILE).open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def log_privacy(self, entry: dict[str, Any]) -> None:
+        with (self.path / LEDGER_FILE).open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)

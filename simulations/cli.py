@@ -1,4 +1,5 @@
-"""The ``confide`` command: ``simulate`` (Flower simulation) and ``centralized`` (baseline)."""
+"""The ``confide`` command: ``simulate`` (Flower simulation), ``centralized`` (baseline) and
+``report`` (privacy-budget report of a run directory)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     centralized = commands.add_parser("centralized", help="centralized baseline on pooled data")
     _add_config_args(centralized)
+    report = commands.add_parser("report", help="privacy-budget report of a finished run")
+    report.add_argument("run_dir", help="run directory (with config.json and metrics.jsonl)")
     args = parser.parse_args(argv)
+
+    if args.command == "report":  # reads a finished run: no config to resolve
+        from server.report import main as report_main
+
+        return report_main(args.run_dir)
 
     try:
         config, changed = resolve_config(args.config, args.set, args.out)

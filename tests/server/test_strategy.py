@@ -120,7 +120,7 @@ def test_round_with_no_valid_reply_leaves_model_unchanged(setup):
     ]
     parameters, metrics = strategy.aggregate_fit(1, replies, [RuntimeError("client crashed")])
     assert parameters is None and metrics == {}  # Flower keeps the previous global model
-    assert strategy.record["skipped"].startswith("no valid replies")
+    assert strategy.record["skipped"].startswith("no valid trained replies")
     assert strategy.record["fit_failures"] == len(BAD_ARRAYS) + 1
     strategy._finish_round()
     logged = json.loads((strategy.run_dir.path / "metrics.jsonl").read_text().splitlines()[0])

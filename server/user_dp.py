@@ -1,0 +1,134 @@
+"""User-level DP on the server: DP-FedAvg (McMahan et al. 2018), and its accountant.
+
+Neighbouring datasets differ in one whole user. Per round:
+
+1. every available client is sampled independently with probability q (Poisson sampling: what the
+   RDP accountant assumes; Flower's own sampler draws a fixed count without replacement, for which
+   the Poisson bound does not hold, so under user-level DP we sample ourselves);
+2. each device clips its whole update to L2 norm S (``client.mods.user_clipping_mod``); the server
+   clips again, which is a no-op for honest devices;
+3. the server sums the clipped updates, adds N(0, (z S)^2) to every coordinate and divides by the
+   fixed denominator q N (the expected cohort), so one user moves the result by at most S / (q N)
+   and uniform weights keep that bound (example counts are ignored).
+
+Fewer replies than sampled (dropouts, failures, rejected or budget-exhausted devices) do not change
+the accounting: the sampling already happened and the denominator stays q N, so the noise still
+covers any one user's contribution; the average is just smaller. Every sampled round is accounted,
+also one that is then skipped (conservative).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from shared.config import RunConfig
+from shared.privacy import PrivacyHistory, noise_for_target
+
+
+def clip_update(update: Sequence[np.ndarray], clip_norm: float) -> tuple[list[np.ndarray], float]:
+    """Scale the update down to L2 norm ``clip_norm`` if it is larger; returns (clipped, norm)."""
+    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update)))
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    return [np.asarray(u, dtype=np.float64) * scale for u in update], norm
+
+
+def noisy_average(
+    updates: Sequence[Sequence[np.ndarray]],
+    shapes: Sequence[tuple[int, ...]],
+    clip_norm: float,
+    noise_multiplier: float,
+    denominator: float,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """(sum of clipped updates + N(0, (z S)^2)) / denominator, coordinate-wise."""
+    total = [np.zeros(shape, dtype=np.float64) for shape in shapes]
+    for update in updates:
+        for acc, part in zip(total, clip_update(update, clip_norm)[0], strict=True):
+            acc += part
+    std = noise_multiplier * clip_norm
+    return [(acc + rng.normal(0.0, std, size=acc.shape)) / denominator for acc in total]
+
+
+@dataclass
+class UserLevelDP:
+    """The server's user-level mechanism: sampling, noise and the run's accountant."""
+
+    noise_multiplier: float
+    clip_norm: float
+    delta: float
+    accountant: str
+    epsilon_cap: float
+    sample_fraction: float  # q, or None-like 0 meaning "use clients_per_round / N"
+    clients_per_round: int
+    seed: int
+    history: PrivacyHistory = field(default_factory=PrivacyHistory)
+
+    @classmethod
+    def from_config(cls, config: RunConfig, population: int | None = None) -> UserLevelDP:
+        z = config.dp_user_noise_multiplier
+        mechanism = cls(
+            noise_multiplier=z,
+            clip_norm=config.dp_user_clip_norm,
+            delta=config.dp_user_delta,
+            accountant=config.dp_accountant,
+            epsilon_cap=config.dp_user_epsilon_cap,
+            sample_fraction=config.fraction_fit,
+            clients_per_round=config.clients_per_round,
+            seed=config.seed,
+        )
+        if config.dp_user_target_epsilon > 0:
+            if population is None:
+                raise ValueError("a user-level target epsilon needs the population size")
+            mechanism.noise_multiplier = noise_for_target(
+                config.dp_user_target_epsilon,
+                config.dp_user_delta,
+                mechanism.sample_rate(population),
+                config.num_server_rounds,
+                config.dp_accountant,
+            )
+        return mechanism
+
+    def sample_rate(self, population: int) -> float:
+        if self.clients_per_round:
+            return min(1.0, self.clients_per_round / population)
+        return self.sample_fraction
+
+    def epsilon(self) -> float:
+        return self.history.epsilon(self.delta, self.accountant)
+
+    def would_pass_cap(self, population: int) -> bool:
+        """Whether one more round would take ε past the cap (then the run stops)."""
+        if not self.epsilon_cap:
+            return False
+        after = self.history.add(self.noise_multiplier, self.sample_rate(population), 1)
+        return after.epsilon(self.delta, self.accountant) > self.epsilon_cap
+
+    def sample(self, node_ids: Sequence[int], server_round: int) -> list[int]:
+        """Poisson sampling: each node independently with probability q; accounts the round."""
+        q = self.sample_rate(len(node_ids))
+        rng = np.random.default_rng((self.seed, 6, server_round))
+        ordered = sorted(node_ids)
+        chosen = [node for node, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
+        self.history = self.history.add(self.noise_multiplier, q, 1)
+        return chosen
+
+    def aggregate(
+        self,
+        updates: Sequence[Sequence[np.ndarray]],
+        shapes: Sequence[tuple[int, ...]],
+        population: int,
+        server_round: int,
+    ) -> list[np.ndarray]:
+        """The noised, fixed-denominator average update of this round."""
+        rng = np.random.default_rng((self.seed, 7, server_round))
+        denominator = self.sample_rate(population) * population
+        return noisy_average(
+            updates, shapes, self.clip_norm, self.noise_multiplier, denominator, rng
+        )
+
+    def noise_stddev(self, population: int) -> float:
+        """Std of the noise on the average: z S / (q N)."""
+        return self.noise_multiplier * self.clip_norm / (self.sample_rate(population) * population)

@@ -1,0 +1,91 @@
+"""Privacy accounting (DESIGN.md §4): pure functions over Opacus' accountants, plus a history.
+
+A mechanism run is a history of ``(noise_multiplier, sample_rate, steps)`` entries: every
+Poisson-subsampled Gaussian step ever taken. ε is computed from the WHOLE history, so a device's
+ε composes over every round it trained (never reset per round), and a history restored from
+storage gives the identical ε. The same functions serve the server's user-level accountant,
+with one entry per round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+ACCOUNTANTS = ("rdp", "prv")
+# A device's reply status under interaction-level DP (sent in the fit metrics).
+TRAINED = "trained"
+BUDGET_EXHAUSTED = "budget-exhausted"
+Entry = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
+
+
+def _accountant(name: str) -> RDPAccountant | PRVAccountant:
+    if name == "rdp":
+        return RDPAccountant()
+    if name == "prv":
+        return PRVAccountant()
+    raise ValueError(f"unknown accountant {name!r}: choose one of {', '.join(ACCOUNTANTS)}")
+
+
+def epsilon(history: Iterable[Entry], delta: float, accountant: str = "rdp") -> float:
+    """ε after every step in ``history`` at the given δ (0.0 for an empty history)."""
+    entries = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    if not entries:
+        return 0.0
+    acc = _accountant(accountant)
+    acc.history = entries
+    return float(acc.get_epsilon(delta=delta))
+
+
+def noise_for_target(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> float:
+    """The noise multiplier σ that reaches ``target_epsilon`` after ``steps`` steps at rate q."""
+    if target_epsilon <= 0:
+        raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyHistory:
+    """Every subsampled Gaussian step of one mechanism; immutable, mergeable, serializable."""
+
+    entries: tuple[Entry, ...] = ()
+
+    def add(self, noise_multiplier: float, sample_rate: float, steps: int) -> PrivacyHistory:
+        if steps <= 0:
+            return self
+        if self.entries and self.entries[-1][:2] == (noise_multiplier, sample_rate):
+            # Same mechanism again: one entry with more steps (what Opacus does too).
+            last = self.entries[-1]
+            return PrivacyHistory((*self.entries[:-1], (last[0], last[1], last[2] + steps)))
+        return PrivacyHistory((*self.entries, (noise_multiplier, sample_rate, int(steps))))
+
+    def epsilon(self, delta: float, accountant: str = "rdp") -> float:
+        return epsilon(self.entries, delta, accountant)
+
+    @property
+    def steps(self) -> int:
+        return sum(n for _, _, n in self.entries)
+
+    def to_array(self) -> np.ndarray:
+        return np.array(self.entries, dtype=np.float64).reshape(-1, 3)
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> PrivacyHistory:
+        array = np.asarray(array, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != 3 or not np.isfinite(array).all():
+            raise ValueError(f"a privacy history is a finite (n, 3) array, got shape {array.shape}")
+        return cls(tuple((float(s), float(q), int(n)) for s, q, n in array))
