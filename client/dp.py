@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -124,6 +123,8 @@ def train_private(
     """Local DP-SGD in place on ``model``; returns (mean loss, history including this round)."""
     dataset = InteractionGroups(data, config.train_negatives)
     dataset.resample(train_rng(config.seed, user_id, server_round * 1000))
+    from opacus import PrivacyEngine  # after shared.privacy: see shared.quiet
+
     optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate)
     engine = PrivacyEngine(accountant=config.dp_accountant)
     with warnings.catch_warnings():

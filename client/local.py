@@ -21,6 +21,7 @@ from shared.models import (
     global_arrays,
     load_global,
     load_private,
+    private_names,
     private_state,
 )
 from shared.privacy import BUDGET_EXHAUSTED, TRAINED, PrivacyHistory
@@ -145,7 +146,31 @@ def evaluate(
     global_params: Sequence[np.ndarray],
     private: Mapping[str, np.ndarray] | None,
 ) -> tuple[float, dict[str, float]]:
-    """(loss, HR/NDCG@10 sampled and full ranking) of the device's held-out item."""
+    """(loss, HR/NDCG@10 sampled and full ranking) of the device's held-out item.
+
+    With ``personalize-epochs`` the device first re-fits its private embedding to the current
+    global model on its own training data, as it would before recommending: an embedding last
+    trained many rounds ago no longer matches the global towers. The re-fit is not kept.
+    """
     model = device_model(config, data.num_items, user_id, global_params, private)
+    if config.personalize_epochs:
+        personalize(config, model, data, user_id)
     with torch.no_grad():
         return evaluation_loss(model, LOCAL_USER, data), evaluate_user(model, LOCAL_USER, data)
+
+
+def personalize(config: RunConfig, model: Recommender, data: UserData, user_id: int) -> None:
+    """Train only the private (user) parameters, global ones frozen, on the device's data."""
+    private = [p for n, p in model.named_parameters() if n in private_names(model)]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in private:
+        p.requires_grad_(True)
+    optimizer = make_optimizer("adam", private, config.personalize_learning_rate)
+    for epoch in range(config.personalize_epochs):
+        rng = train_rng(config.seed, user_id, 10**9 + epoch)
+        items, labels = training_examples(
+            data.train_items, data.num_items, config.train_negatives, rng
+        )
+        users = np.full(len(items), LOCAL_USER)
+        train_epoch(model, optimizer, users, items, labels, config.batch_size, rng)

@@ -23,7 +23,7 @@ Row = tuple[str, int, dict[str, Any]]
 NUMBERS = (
     *("epsilon", "epsilon_min", "epsilon_median", "epsilon_max", "delta", "epsilon_cap"),
     *("noise_multiplier", "target_epsilon", "max_grad_norm", "clip_norm", "noise_stddev"),
-    *("sample_rate", "sample_rate_median", "steps_median", "population", "expected_cohort"),
+    *("sample_rate", "population", "expected_cohort"),
     *("sampled", "replied", "devices_reporting", "devices_at_cap", "budget_exhausted"),
     "rounds_accounted",
 )  # (file:line, round, the unit's ledger entry)
@@ -89,13 +89,13 @@ TABLES = {
         ("ε median / min (devices of round {stats_round})", "{epsilon_median} / {epsilon_min}"),
         ("δ", "{delta}"),
         ("Accountant", "{accountant} (Opacus {opacus})"),
-        ("q (per-device sample rate, median)", "{sample_rate_median}"),
+        ("q (per-device sample rate)", "{sample_rate_rule}"),
         ("σ (noise multiplier)", "{noise_multiplier}"),
         ("Target ε (σ calibrated on each device)", "{target_epsilon}"),
         ("C (max grad norm)", "{max_grad_norm}"),
         (
-            "Rounds with DP training / DP-SGD steps per round (median device)",
-            "{rounds_accounted} / {steps_median}",
+            "Rounds with DP training / DP-SGD steps per round",
+            "{rounds_accounted} / {steps_rule}",
         ),
         ("Sampling", "{sampling}"),
         (
@@ -235,12 +235,12 @@ def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict
         "noise_multiplier": last.get("noise_multiplier"),  # None: calibrated to the target ε
         "target_epsilon": last.get("target_epsilon"),
         "max_grad_norm": last.get("max_grad_norm"),
-        "sample_rate_median": last.get("sample_rate_median"),
-        "steps_median": last.get("steps_median"),
+        # q and steps depend on each device's data size, which is not sent: only the rule is.
+        "sample_rate_rule": last.get("sample_rate_rule"),
+        "steps_rule": last.get("steps_rule"),
         "rounds_accounted": len(rows),
         "epsilon_cap": last.get("epsilon_cap", config.get("dp-epsilon-cap")) or None,
-        # A device at the cap stays there, so the largest count of any round is a lower bound on
-        # the distinct devices that reached it (the ledger keeps no cumulative count).
+        # The ledger's count is cumulative (distinct devices that declined so far).
         "devices_at_cap": max(int(u.get("devices_at_cap") or 0) for _, _, u in rows),
         "budget_exhausted": max(int(u.get("budget_exhausted") or 0) for _, _, u in rows),
         "sampling": "Poisson (Opacus)" if poisson else last.get("sampling"),

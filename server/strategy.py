@@ -303,8 +303,8 @@ class ConfideStrategy(Strategy):
                 sampling="poisson",
                 # Per-device q and steps depend on the device's data size, which stays private:
                 # only how they are derived is recorded.
-                sample_rate=f"batch-size / n per device (batch-size {cfg.batch_size})",
-                steps_per_round="local-epochs x ceil(n / batch-size)",
+                sample_rate_rule=f"batch-size / n per device (batch-size {cfg.batch_size})",
+                steps_rule="local-epochs x ceil(n / batch-size)",
                 local_epochs=cfg.local_epochs,
                 devices_reporting=len(eps),
                 epsilon_min=min(eps) if eps else None,

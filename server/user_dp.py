@@ -25,14 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shared.config import RunConfig
-from shared.privacy import PrivacyHistory, noise_for_target
-
-
-def clip_update(update: Sequence[np.ndarray], clip_norm: float) -> tuple[list[np.ndarray], float]:
-    """Scale the update down to L2 norm ``clip_norm`` if it is larger; returns (clipped, norm)."""
-    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update)))
-    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
-    return [np.asarray(u, dtype=np.float64) * scale for u in update], norm
+from shared.privacy import PrivacyHistory, clip_update, noise_for_target
 
 
 def noisy_average(

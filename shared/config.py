@@ -58,6 +58,8 @@ class RunConfig:
     batch_size: int
     learning_rate: float
     optimizer: str
+    personalize_epochs: int
+    personalize_learning_rate: float
     # centralized baseline
     centralized_epochs: int
     centralized_batch_size: int
@@ -147,12 +149,17 @@ class RunConfig:
         ):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key.replace('_', '-')} must be at least 1")
-        for key in ("train_negatives", "clients_per_round", "eval_clients"):
+        for key in ("train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key.replace('_', '-')} must be 0 or more")
         if not 0.0 < self.fraction_fit <= 1.0:
             raise ConfigError(f"fraction-fit must be in (0, 1], got {self.fraction_fit}")
-        for key in ("learning_rate", "centralized_learning_rate", "server_learning_rate"):
+        for key in (
+            "learning_rate",
+            "centralized_learning_rate",
+            "server_learning_rate",
+            "personalize_learning_rate",
+        ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key.replace('_', '-')} must be positive")
         if self.max_update_norm <= 0:

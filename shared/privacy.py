@@ -9,12 +9,16 @@ with one entry per round.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
+
+from shared.quiet import import_opacus_quietly
+
+import_opacus_quietly()
+from opacus.accountants import PRVAccountant, RDPAccountant  # noqa: E402
+from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
 
 ACCOUNTANTS = ("rdp", "prv")
 # A device's reply status under interaction-level DP (sent in the fit metrics).
@@ -56,6 +60,16 @@ def noise_for_target(
             accountant=accountant,
         )
     )
+
+
+def clip_update(update: Sequence[np.ndarray], clip_norm: float) -> tuple[list[np.ndarray], float]:
+    """Scale a whole update down to L2 norm ``clip_norm`` if larger; returns (clipped, norm).
+
+    A zero update (a device that did not train) stays zero.
+    """
+    norm = float(np.sqrt(sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update)))
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    return [np.asarray(u) * np.asarray(scale, dtype=np.asarray(u).dtype) for u in update], norm
 
 
 @dataclass(frozen=True)
