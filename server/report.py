@@ -99,7 +99,7 @@ TABLES = {
         ),
         ("Sampling", "{sampling}"),
         (
-            "ε cap / devices at cap / budget exhausted (max in a round)",
+            "ε cap / devices at cap (distinct, run) / declined (max in a round)",
             "{epsilon_cap} / {devices_at_cap} / {budget_exhausted}",
         ),
     ],

@@ -22,3 +22,25 @@ def small_config(**changes) -> RunConfig:
 @pytest.fixture
 def config() -> RunConfig:
     return small_config()
+
+
+def run_confide(*args: str, settings: dict | None = None, timeout: int = 420) -> tuple[int, str]:
+    """Run the `confide` CLI in a fresh process from the project root; (exit code, output)."""
+    import subprocess
+    import sys
+
+    sets = [part for k, v in (settings or {}).items() for part in ("--set", f"{k}={v}")]
+    result = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", *args, *sets],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -2,13 +2,11 @@
 and `confide report` shows it."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from shared.privacy import epsilon
-from tests.conftest import ROOT
+from tests.conftest import read_jsonl, run_confide
 
 
 def test_dp_run_with_caps_and_report(tmp_path):
@@ -17,39 +15,24 @@ def test_dp_run_with_caps_and_report(tmp_path):
     # cap, after 3 above it, so round 3 must not run.
     two, three = (epsilon([(2.0, 1.0, r)], 1e-5) for r in (2, 3))
     user_cap = (two + three) / 2
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "simulate",
-            "--config",
-            "simulations/smoke-dp.toml",
-            "--set",
-            "synthetic-users=20",
-            "--set",
-            "synthetic-items=200",
-            "--set",
-            "num-server-rounds=3",
-            "--set",
-            "fraction-fit=1.0",
-            "--set",
-            "dp-user-noise-multiplier=2.0",
-            "--set",
-            f"dp-user-epsilon-cap={user_cap}",
-            "--set",
-            "dp-epsilon-cap=9.0",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=420,
+    code, log = run_confide(
+        "simulate",
+        "--config",
+        "simulations/smoke-dp.toml",
+        "--out",
+        str(out),
+        settings={
+            "synthetic-users": 20,
+            "synthetic-items": 200,
+            "num-server-rounds": 3,
+            "fraction-fit": 1.0,
+            "dp-user-noise-multiplier": 2.0,
+            "dp-user-epsilon-cap": user_cap,
+            "dp-epsilon-cap": 9.0,
+        },
     )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    ledger = [json.loads(line) for line in (out / "privacy_ledger.jsonl").read_text().splitlines()]
+    assert code == 0, log[-3000:]
+    ledger = read_jsonl(out / "privacy_ledger.jsonl")
     assert [e["round"] for e in ledger] == [1, 2, 3]
     assert ledger[1]["user_level"]["epsilon"] == pytest.approx(two, rel=1e-9)
     assert "stopped" in ledger[2] and "cap" in ledger[2]["stopped"]
@@ -57,18 +40,12 @@ def test_dp_run_with_caps_and_report(tmp_path):
     inter = [e["interaction_level"] for e in ledger[:2]]
     assert all(i["enabled"] and i["epsilon_max"] <= 9.0 for i in inter)
     assert inter[1]["devices_at_cap"] >= 1  # small devices (q = 1) pass 9.0 in round 2
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "metrics.jsonl")
     assert records[1]["budget_exhausted"] == inter[1]["budget_exhausted"] >= 1
     assert "stopped" in records[2] and records[2]["fit_sampled"] == 0
 
-    report = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "report", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert report.returncode == 0, report.stderr
+    code, log = run_confide("report", str(out), timeout=120)
+    assert code == 0, log
     privacy = json.loads((out / "privacy.json").read_text())
     assert privacy["user_level"]["enabled"] and privacy["interaction_level"]["enabled"]
     assert privacy["user_level"]["epsilon"] == pytest.approx(two, rel=1e-6)

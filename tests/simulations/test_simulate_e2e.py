@@ -3,41 +3,26 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import read_jsonl, run_confide
 
 
 def test_two_round_simulation_on_synthetic_data(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "simulations.cli",
-            "simulate",
-            "--config",
-            "simulations/smoke.toml",
-            "--set",
-            "synthetic-users=20",
-            "--set",
-            "synthetic-items=200",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=420,
+    code, log = run_confide(
+        "simulate",
+        "--config",
+        "simulations/smoke.toml",
+        "--out",
+        str(out),
+        settings={"synthetic-users": 20, "synthetic-items": 200},
     )
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
+    assert code == 0, log[-3000:]
     assert "run status: finished:completed" in log
 
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "metrics.jsonl")
     assert [r["round"] for r in records] == [1, 2]
     for record in records:
         assert record["fit_sampled"] == record["fit_replies"] == 20
