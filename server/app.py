@@ -39,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     initial = ndarrays_to_parameters(arrays)
     strategy = ConfideStrategy(
         config,
-        aggregator=build_aggregator(config, initial),
+        aggregator=build_aggregator(config, initial, names),
         validator=ReplyValidator.for_global(
             names,
             arrays,

@@ -30,6 +30,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAdam, FedAvgM, Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from server.aggregation import ItemSumFedAvg
 from server.user_dp import UserLevelDP
 from server.validation import InvalidReply, ReplyValidator
 from shared.config import RunConfig
@@ -38,8 +39,10 @@ from shared.rundir import RunDirectory
 from shared.training import METRIC_KEYS
 
 
-def build_aggregator(config: RunConfig, initial: Parameters) -> Strategy:
-    """Flower's aggregation rule chosen by ``strategy``; only its aggregate_fit is used."""
+def build_aggregator(config: RunConfig, initial: Parameters, names: list[str]) -> Strategy:
+    """The aggregation rule chosen by ``strategy``; only its aggregate_fit is used."""
+    if config.strategy == "itemsum":
+        return ItemSumFedAvg(initial_parameters=initial, names=names)
     if config.strategy == "fedadam":
         return FedAdam(
             initial_parameters=initial,
@@ -231,6 +234,10 @@ class ConfideStrategy(Strategy):
             (old + delta).astype(old.dtype)
             for old, delta in zip(self.current, average, strict=True)
         ]
+        if isinstance(self.aggregator, ItemSumFedAvg):
+            self.aggregator.cohort_size = (
+                self.user_dp.sample_rate(self.population) * self.population
+            )
         proxy = trained[0][0]
         reply = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 1, {})
         return proxy, reply, new

@@ -19,7 +19,7 @@ from shared.data import DATASETS
 from shared.models import MODELS
 from shared.privacy import ACCOUNTANTS
 
-STRATEGIES = ("fedavg", "fedadam")
+STRATEGIES = ("fedavg", "fedadam", "itemsum")
 OPTIMIZERS = ("adam", "sgd")
 
 

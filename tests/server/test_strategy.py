@@ -44,7 +44,7 @@ def setup(tmp_path):
     )
     strategy = ConfideStrategy(
         config,
-        build_aggregator(config, initial),
+        build_aggregator(config, initial, names),
         validator,
         initial,
         RunDirectory.create(config, "federated"),
