@@ -125,7 +125,8 @@ def train_private(
     dataset.resample(train_rng(config.seed, user_id, server_round * 1000))
     from opacus import PrivacyEngine  # after shared.privacy: see shared.quiet
 
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate)
+    lr = config.local_learning_rate(server_round)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr)
     engine = PrivacyEngine(accountant=config.dp_accountant)
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off: simulation noise is seeded for reproducibility.

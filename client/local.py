@@ -90,7 +90,8 @@ def train(
     _seed_round(config, user_id, server_round)
     if config.dp_interaction:
         return _train_dp(config, model, data, user_id, server_round, global_params, history)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.learning_rate)
+    lr = config.local_learning_rate(server_round)
+    optimizer = make_optimizer(config.optimizer, model.parameters(), lr)
     losses = []
     for epoch in range(config.local_epochs):
         rng = train_rng(config.seed, user_id, server_round * 1000 + epoch)

@@ -57,6 +57,7 @@ class RunConfig:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    learning_rate_decay: float
     optimizer: str
     personalize_epochs: int
     personalize_learning_rate: float
@@ -82,6 +83,10 @@ class RunConfig:
     dp_user_epsilon_cap: float
     # output
     out_dir: str
+
+    def local_learning_rate(self, server_round: int) -> float:
+        """The devices' learning rate in a round: decays geometrically from round 1."""
+        return self.learning_rate * self.learning_rate_decay ** (server_round - 1)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -162,6 +167,10 @@ class RunConfig:
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key.replace('_', '-')} must be positive")
+        if not 0 < self.learning_rate_decay <= 1:
+            raise ConfigError(
+                f"learning-rate-decay must be in (0, 1], got {self.learning_rate_decay}"
+            )
         if self.max_update_norm <= 0:
             raise ConfigError("max-update-norm must be positive")
         if self.server_adam_tau <= 0:
