@@ -68,6 +68,11 @@ CAVEATS = {
     "stopped": "The run stopped early after round {r}: {why}.",
     "no_dp": "No differential privacy was on in this run: no ε is claimed, and the server sees "
     "each device's individual update.",
+    "evaluation": "Federated evaluation is not covered by DP: each evaluated device sends its own "
+    "hit/miss and NDCG of its held-out item (and its loss) in plaintext; the ε above covers "
+    "training "
+    "only. Before ranking, a device may re-fit its private embedding on its own data "
+    "(personalize-epochs); that re-fit is not kept and never reaches an update.",
 }
 PROTECTS = {
     "interaction_level": "Whoever sees what a device sends (its updates, and every global model "
@@ -310,6 +315,8 @@ def _summarize(run_dir: Path, config: dict, metrics: list[Record], ledger: list[
     if stop:
         caveats.append(CAVEATS["stopped"].format(r=stop[0], why=stop[1]))
     evals = [r for _, r in metrics if "hr10" in r]
+    if evals and (interaction["enabled"] or user["enabled"]):
+        caveats.append(CAVEATS["evaluation"])
     cohort = config.get("clients-per-round") or None
     versions = next((r["library_versions"] for _, r in ledger[::-1] if "library_versions" in r), {})
     run = {"name": run_dir.resolve().name, "rounds_planned": config.get("num-server-rounds")}
