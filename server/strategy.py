@@ -192,8 +192,11 @@ class ConfideStrategy(Strategy):
             fit_failures=len(failures),
             budget_exhausted=len(valid) - len(trained),
         )
+        # A device's reported ε is only recorded, never trusted for anything else; junk is dropped.
         self.device_epsilons = [
-            float(r.metrics["dp_epsilon"]) for _, r, _ in valid if "dp_epsilon" in r.metrics
+            float(eps)
+            for _, r, _ in valid
+            if isinstance(eps := r.metrics.get("dp_epsilon"), (int, float)) and 0 <= eps < 1e6
         ]
         self.device_exhausted = len(valid) - len(trained)
         self.nodes_at_cap |= {
