@@ -138,65 +138,21 @@ class RunConfig:
             raise ConfigError(
                 f"mlp-layers must be positive and start even, got {self.mlp_layers!r}"
             )
-        for key in (
-            "synthetic_users",
-            "synthetic_items",
-            "eval_negatives",
-            "embedding_dim",
-            "num_server_rounds",
-            "min_fit_clients",
-            "eval_every",
-            "max_num_examples",
-            "local_epochs",
-            "batch_size",
-            "centralized_epochs",
-            "centralized_batch_size",
-        ):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key.replace('_', '-')} must be at least 1")
-        for key in ("train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key.replace('_', '-')} must be 0 or more")
-        if not 0.0 < self.fraction_fit <= 1.0:
-            raise ConfigError(f"fraction-fit must be in (0, 1], got {self.fraction_fit}")
-        for key in (
-            "learning_rate",
-            "centralized_learning_rate",
-            "server_learning_rate",
-            "personalize_learning_rate",
-        ):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key.replace('_', '-')} must be positive")
-        if not 0 < self.learning_rate_decay <= 1:
-            raise ConfigError(
-                f"learning-rate-decay must be in (0, 1], got {self.learning_rate_decay}"
-            )
-        if self.max_update_norm <= 0:
-            raise ConfigError("max-update-norm must be positive")
-        if self.server_adam_tau <= 0:
-            raise ConfigError("server-adam-tau must be positive")
+        self._require(_AT_LEAST_ONE, lambda v: v >= 1, "at least 1")
+        self._require(_NON_NEGATIVE, lambda v: v >= 0, "0 or more")
+        self._require(_POSITIVE, lambda v: v > 0, "positive")
+        self._require(("fraction_fit", "learning_rate_decay"), lambda v: 0 < v <= 1, "in (0, 1]")
+        self._require(("dp_delta", "dp_user_delta"), lambda v: 0 < v < 1, "in (0, 1)")
         self._validate_privacy()
+
+    def _require(self, keys: tuple[str, ...], ok, requirement: str) -> None:
+        for key in keys:
+            value = getattr(self, key)
+            if not ok(value):
+                raise ConfigError(f"{key.replace('_', '-')} must be {requirement}, got {value!r}")
 
     def _validate_privacy(self) -> None:
         _one_of("dp-accountant", self.dp_accountant, ACCOUNTANTS)
-        for key in ("dp_max_grad_norm", "dp_user_clip_norm"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key.replace('_', '-')} must be positive")
-        for key in (
-            "dp_noise_multiplier",
-            "dp_target_epsilon",
-            "dp_epsilon_cap",
-            "dp_user_noise_multiplier",
-            "dp_user_target_epsilon",
-            "dp_user_epsilon_cap",
-        ):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key.replace('_', '-')} must be 0 or more")
-        for key in ("dp_delta", "dp_user_delta"):
-            if not 0 < getattr(self, key) < 1:
-                raise ConfigError(f"{key.replace('_', '-')} must be in (0, 1)")
-        if self.dp_planned_participations < 1:
-            raise ConfigError("dp-planned-participations must be at least 1")
         if self.dp_interaction and self.dp_noise_multiplier == 0 and self.dp_target_epsilon == 0:
             raise ConfigError(
                 "dp-interaction is on but neither dp-noise-multiplier nor dp-target-epsilon is "
@@ -207,6 +163,24 @@ class RunConfig:
                 "dp-user is on but neither dp-user-noise-multiplier nor dp-user-target-epsilon is "
                 "set: with no noise there is no privacy; set one of them"
             )
+
+
+_AT_LEAST_ONE = (
+    *("synthetic_users", "synthetic_items", "eval_negatives", "embedding_dim"),
+    *("num_server_rounds", "min_fit_clients", "eval_every", "max_num_examples"),
+    *("local_epochs", "batch_size", "centralized_epochs", "centralized_batch_size"),
+    "dp_planned_participations",
+)
+_NON_NEGATIVE = (
+    *("train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
+    *("dp_noise_multiplier", "dp_target_epsilon", "dp_epsilon_cap"),
+    *("dp_user_noise_multiplier", "dp_user_target_epsilon", "dp_user_epsilon_cap"),
+)
+_POSITIVE = (
+    *("learning_rate", "centralized_learning_rate", "server_learning_rate"),
+    *("personalize_learning_rate", "max_update_norm", "server_adam_tau"),
+    *("dp_max_grad_norm", "dp_user_clip_norm"),
+)
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

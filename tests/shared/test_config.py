@@ -28,6 +28,11 @@ def test_pyproject_defaults_parse_into_typed_config():
         ("fraction-fit", 1.5, "fraction-fit"),
         ("mlp-layers", "64,x", "comma-separated"),
         ("mlp-layers", "63,32", "start even"),
+        ("dp-delta", 1.5, "dp-delta must be in"),
+        ("dp-max-grad-norm", 0.0, "dp-max-grad-norm must be positive"),
+        ("dp-accountant", "gdp", "dp-accountant must be one of"),
+        ("learning-rate-decay", 0.0, r"learning-rate-decay must be in \(0, 1\]"),
+        ("dp-interaction", "yes", "true or false"),
     ],
 )
 def test_bad_values_rejected_with_reason(key, value, message):
@@ -43,6 +48,13 @@ def test_unknown_and_missing_keys_rejected():
     del values["seed"]
     with pytest.raises(ConfigError, match="missing config key.*seed"):
         RunConfig.from_mapping(values)
+
+
+def test_dp_without_noise_is_refused():
+    with pytest.raises(ConfigError, match="no noise there is no privacy"):
+        RunConfig.from_mapping(defaults() | {"dp-interaction": True, "dp-noise-multiplier": 0.0})
+    with pytest.raises(ConfigError, match="no noise there is no privacy"):
+        RunConfig.from_mapping(defaults() | {"dp-user": True, "dp-user-noise-multiplier": 0.0})
 
 
 def test_file_dataset_needs_data_dir():
