@@ -27,15 +27,17 @@ from shared.split import UserData, train_rng, training_examples
 from shared.training import make_optimizer
 
 GRAD_SAMPLE_MODE = "ghost"
+# Inputs are item indices, which need no gradient: torch's full-backward-hook warning about that
+# is expected under Opacus and says nothing about correctness. Set once, not per round.
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 class InteractionGroups(Dataset):
-    """One sample per positive interaction: (user row, [positive, negatives...], labels)."""
+    """One sample per positive interaction: ([positive, negatives...], labels)."""
 
-    def __init__(self, data: UserData, negatives: int, user_row: int = 0) -> None:
+    def __init__(self, data: UserData, negatives: int) -> None:
         self.data = data
         self.negatives = negatives
-        self.user_row = user_row
         self.items = torch.empty(0)
         self.labels = torch.empty(0)
 
@@ -142,9 +144,6 @@ def train_private(
             grad_sample_mode=GRAD_SAMPLE_MODE,
         )
     losses = []
-    # Inputs are item indices, which need no gradient: torch's full-backward-hook warning about
-    # that is expected under Opacus and says nothing about correctness.
-    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     for epoch in range(config.local_epochs):
         if epoch:
             dataset.resample(train_rng(config.seed, user_id, server_round * 1000 + epoch))

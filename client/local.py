@@ -92,14 +92,10 @@ def train(
         return _train_dp(config, model, data, user_id, server_round, global_params, history)
     lr = config.local_learning_rate(server_round)
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr)
-    losses = []
-    for epoch in range(config.local_epochs):
-        rng = train_rng(config.seed, user_id, server_round * 1000 + epoch)
-        items, labels = training_examples(
-            data.train_items, data.num_items, config.train_negatives, rng
-        )
-        users = np.full(len(items), LOCAL_USER)
-        losses.append(train_epoch(model, optimizer, users, items, labels, config.batch_size, rng))
+    losses = [
+        _local_epoch(config, model, optimizer, data, train_rng(config.seed, user_id, rng_round))
+        for rng_round in range(server_round * 1000, server_round * 1000 + config.local_epochs)
+    ]
     return TrainResult(
         global_arrays=global_arrays(model),
         private=private_state(model),
@@ -162,16 +158,25 @@ def evaluate(
 
 def personalize(config: RunConfig, model: Recommender, data: UserData, user_id: int) -> None:
     """Train only the private (user) parameters, global ones frozen, on the device's data."""
-    private = [p for n, p in model.named_parameters() if n in private_names(model)]
+    names = set(private_names(model))
+    private = [p for n, p in model.named_parameters() if n in names]
     for p in model.parameters():
         p.requires_grad_(False)
     for p in private:
         p.requires_grad_(True)
     optimizer = make_optimizer("adam", private, config.personalize_learning_rate)
     for epoch in range(config.personalize_epochs):
-        rng = train_rng(config.seed, user_id, 10**9 + epoch)
-        items, labels = training_examples(
-            data.train_items, data.num_items, config.train_negatives, rng
-        )
-        users = np.full(len(items), LOCAL_USER)
-        train_epoch(model, optimizer, users, items, labels, config.batch_size, rng)
+        _local_epoch(config, model, optimizer, data, train_rng(config.seed, user_id, 10**9 + epoch))
+
+
+def _local_epoch(
+    config: RunConfig,
+    model: Recommender,
+    optimizer: torch.optim.Optimizer,
+    data: UserData,
+    rng: np.random.Generator,
+) -> float:
+    """One pass over the device's positives with freshly sampled negatives; mean loss."""
+    items, labels = training_examples(data.train_items, data.num_items, config.train_negatives, rng)
+    users = np.full(len(items), LOCAL_USER)
+    return train_epoch(model, optimizer, users, items, labels, config.batch_size, rng)

@@ -206,11 +206,19 @@ def _common(unit: dict, name: str, caveats: list[str]) -> tuple[str, bool]:
     return acc, scheme.lower() == "poisson"
 
 
+def _enabled_rows(
+    config: dict, ledger: list[Record], key: str, flag: str, caveats: list[str]
+) -> list[Row]:
+    """The unit's ledger rows; a unit the config turned on but the ledger never saw is flagged."""
+    rows = _unit_rows(ledger, key)
+    if not rows and config.get(flag):
+        caveats.append(CAVEATS["mismatch"].format(unit=key.replace("_", "-")))
+    return rows
+
+
 def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict[str, Any]:
-    rows = _unit_rows(ledger, "interaction_level")
+    rows = _enabled_rows(config, ledger, "interaction_level", "dp-interaction", caveats)
     if not rows:
-        if config.get("dp-interaction"):
-            caveats.append(CAVEATS["mismatch"].format(unit="interaction-level"))
         return {"enabled": False, "unit": INTERACTION_UNIT}
     last = rows[-1][2]
     acc, poisson = _common(last, "Interaction-level", caveats)
@@ -253,10 +261,8 @@ def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict
 
 
 def _user(config: dict, ledger: list[Record], rejected: int, caveats: list[str]) -> dict[str, Any]:
-    rows = _unit_rows(ledger, "user_level")
+    rows = _enabled_rows(config, ledger, "user_level", "dp-user", caveats)
     if not rows:
-        if config.get("dp-user"):
-            caveats.append(CAVEATS["mismatch"].format(unit="user-level"))
         return {"enabled": False, "unit": USER_UNIT}
     last = rows[-1][2]
     acc, poisson = _common(last, "User-level", caveats)

@@ -88,7 +88,6 @@ class ConfideStrategy(Strategy):
         self.population = 0
         self.stopped: str | None = None
         self.device_epsilons: list[float] = []
-        self.device_exhausted = 0
         self.nodes_at_cap: set[int] = set()  # distinct devices that declined, whole run
 
     # -- sampling ---------------------------------------------------------------------------
@@ -198,7 +197,6 @@ class ConfideStrategy(Strategy):
             for _, r, _ in valid
             if isinstance(eps := r.metrics.get("dp_epsilon"), (int, float)) and 0 <= eps < 1e6
         ]
-        self.device_exhausted = len(valid) - len(trained)
         self.nodes_at_cap |= {
             proxy.node_id for proxy, r, _ in valid if r.metrics.get("dp_status") == BUDGET_EXHAUSTED
         }
@@ -292,7 +290,7 @@ class ConfideStrategy(Strategy):
             self.run_dir.log_privacy(self._ledger_entry())
         log(INFO, "%s", progress_line(self.record, self.config.num_server_rounds))
         self.record = {}
-        self.device_epsilons, self.device_exhausted = [], 0
+        self.device_epsilons = []
 
     def _ledger_entry(self) -> dict:
         """The round's privacy record: mechanism parameters and ε after the round, both units."""
@@ -321,7 +319,7 @@ class ConfideStrategy(Strategy):
                 epsilon_median=float(np.median(eps)) if eps else None,
                 epsilon_max=max(eps) if eps else None,
                 devices_at_cap=len(self.nodes_at_cap),
-                budget_exhausted=self.device_exhausted,
+                budget_exhausted=self.record.get("budget_exhausted", 0),
             )
         user: dict = {"enabled": cfg.dp_user}
         if cfg.dp_user and self.user_dp is not None:
