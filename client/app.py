@@ -89,8 +89,14 @@ def client_fn(context: Context):
     config = RunConfig.from_mapping(context.run_config)
     if on_device.uses_store(context.node_config):
         run = on_device.StoreRun.open(config, context.node_config, context.run_id)
-        _restore(context.state, run)
+        run.restore(context.state, PRIVATE_RECORD, HISTORY_RECORD)
         return DeviceClient(config, run.data, run.user_id, context.state, run).to_client()
+    if "partition-id" not in context.node_config:
+        raise ValueError(
+            f"node config has neither {on_device.STORE_PATH} (a deployed device) nor "
+            "partition-id (a simulation): start the SuperNode with --node-config "
+            '\'store-path="/path/confide.db" store-key-file="/path/key"\''
+        )
     user_id = int(context.node_config["partition-id"])
     split = split_for(config)
     if user_id >= split.num_users:
@@ -99,18 +105,6 @@ def client_fn(context: Context):
             f"run with at most num-supernodes={split.num_users}"
         )
     return DeviceClient(config, split.user_data(user_id), user_id, context.state).to_client()
-
-
-def _restore(state: RecordDict, run: on_device.StoreRun) -> None:
-    """The store is the source of truth: what it lacks (after forget()) the state drops too."""
-    history = {"steps": run.history.to_array()} if run.history.entries else None
-    for name, arrays in ((PRIVATE_RECORD, run.private), (HISTORY_RECORD, history)):
-        if arrays is None:
-            state.array_records.pop(name, None)
-        else:
-            state.array_records[name] = ArrayRecord(
-                array_dict={k: Array(v) for k, v in arrays.items()}
-            )
 
 
 app = ClientApp(client_fn=client_fn, mods=[user_clipping_mod])

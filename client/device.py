@@ -226,6 +226,8 @@ class Device:
             self.store.put(HISTORY, arrays_to_bytes({"steps": history.to_array()}))
 
     def save_global(self, config: RunConfig, arrays: Sequence[np.ndarray]) -> None:
+        if not config.num_items:
+            raise ValueError("a device's run config must name its catalogue size (num-items)")
         self.store.put(RUN_CONFIG, json.dumps(config.to_mapping()).encode())
         self.store.put(GLOBAL, arrays_to_bytes({f"{i:04d}": a for i, a in enumerate(arrays)}))
 

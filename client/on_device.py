@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
 
 from client.device import Device
 from client.local import TrainResult
@@ -116,6 +117,18 @@ class StoreRun:
                 private=device.private_embedding(),
                 history=device.privacy_history(),
             )
+
+    def restore(self, state: RecordDict, private_record: str, history_record: str) -> None:
+        """Into Flower's node state. The store is the source of truth: what it lacks (after
+        ``forget()``) the state drops too."""
+        history = {"steps": self.history.to_array()} if self.history.entries else None
+        for name, arrays in ((private_record, self.private), (history_record, history)):
+            if arrays is None:
+                state.array_records.pop(name, None)
+            else:
+                state.array_records[name] = ArrayRecord(
+                    array_dict={k: Array(v) for k, v in arrays.items()}
+                )
 
     def save_fit(self, result: TrainResult, global_params: Sequence[np.ndarray]) -> None:
         """After training: the private embedding, the accountant and the model that was sent.

@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", required=True, help="unix:/abs/path.sock or 127.0.0.1:PORT")
     args = parser.parse_args(argv)
     try:
+        check_address(args.listen)  # before the store is opened (or created)
         key = read_key_file(Path(args.key_file), Path(args.store))
         device = Device.open(args.store, key)
         server, address = serve(device, args.listen)

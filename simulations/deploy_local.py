@@ -228,6 +228,8 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k:
 
     deployment = Deployment(work, creds)
     result: dict[str, Any] = {"ok": False, "tls": True, "supernode_auth": True}
+    phases: dict[str, float] = {"stores_s": time.monotonic() - started}
+    result["phases"] = phases
     try:
         superlink = deployment.start_superlink()
         _log(f"SuperLink pid {superlink.pid} on https://127.0.0.1:{deployment.port}")
@@ -237,6 +239,7 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k:
             node_config = f'store-path="{store}" store-key-file="{key_file}"'
             deployment.start_supernode(name, node_config, key=creds.device_keys[name])
         deployment.wait_connected(names)
+        phases["connect_s"] = time.monotonic() - started - sum(phases.values())
         _log(f"{devices} SuperNodes connected (TLS, authenticated): submitting the run")
 
         overrides = work / "run-config.toml"
@@ -256,13 +259,19 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k:
                 stderr=subprocess.STDOUT,
                 timeout=900,
             )
-        result["status"] = _run_status(run_id, deployment.env, CONNECTION)
+        result["status"] = _finished_status(run_id, deployment.env)
+        phases["run_s"] = time.monotonic() - started - sum(phases.values())
         result["run_id"] = run_id
         _log(f"run {run_id}: {result['status']}")
         result["rounds"] = read_metrics(Path(changed["out-dir"]))
         result["devices"] = [_ask_device(name, *stores[name], k, work) for name in names]
-        result["ok"] = result["status"].startswith("finished:completed") and all(
-            d["recommendations"] for d in result["devices"]
+        phases["ask_s"] = time.monotonic() - started - sum(phases.values())
+        rounds = result["rounds"]
+        result["ok"] = (
+            result["status"].startswith("finished:completed")
+            and len(rounds) == config.num_server_rounds
+            and not any("skipped" in r or r.get("fit_failures") for r in rounds)
+            and all(d["recommendations"] for d in result["devices"])
         )
     except Exception as err:
         result["error"] = f"{type(err).__name__}: {err}"
@@ -272,8 +281,19 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k:
         result["pids"] = {name: p.pid for name, p in deployment.processes.items()}
         result["processes_stopped"] = deployment.stop()
     result["wall_s"] = round(time.monotonic() - started, 1)
+    result["phases"] = {k: round(v, 1) for k, v in phases.items()}
     result["run_config"] = changed
     return result
+
+
+def _finished_status(run_id: str, env: dict[str, str], timeout: float = 120) -> str:
+    """The run's final status (``flwr log --stream`` may return before the run is marked done)."""
+    deadline = time.monotonic() + timeout
+    status = _run_status(run_id, env, CONNECTION)
+    while not status.startswith("finished") and time.monotonic() < deadline:
+        time.sleep(2)
+        status = _run_status(run_id, env, CONNECTION)
+    return status
 
 
 def _stop_group(pgid: int, timeout: float = 15.0) -> None:

@@ -219,3 +219,11 @@ def test_deployed_needs_the_catalogue_size_and_the_store(tmp_path):
     _, _, one = _deployed(tmp_path / "b", [1])
     with pytest.raises(ValueError, match="needs at least 2"):
         StoreRun.open(_config(), one, run_id=1)
+
+
+def test_node_config_without_store_or_partition_is_explained():
+    content = fitins_to_recorddict(
+        FitIns(ndarrays_to_parameters(_global(_config())), {"server-round": 1}), True
+    )
+    with pytest.raises(ValueError, match="neither store-path .* nor partition-id"):
+        _send(_config(), {}, RecordDict(), "train", content)

@@ -9,7 +9,7 @@ import pytest
 
 from client.device import Device
 from client.proto import device_pb2 as pb
-from client.service import AgentClient, check_address, serve
+from client.service import AgentClient, check_address, main, serve
 from shared.models import build_model, global_arrays
 from tests.conftest import small_config
 
@@ -107,3 +107,13 @@ def test_only_local_addresses_are_served():
     ]:
         with pytest.raises(ValueError, match=message):
             check_address(address)
+
+
+def test_agent_command_refuses_a_public_address(tmp_path):
+    key = tmp_path / "keys" / "k"
+    key.parent.mkdir()
+    key.write_text(secrets.token_hex(32))
+    os.chmod(key, 0o600)
+    store = str(tmp_path / "data" / "d.db")
+    assert main(["--store", store, "--key-file", str(key), "--listen", "0.0.0.0:7000"]) == 2
+    assert not (tmp_path / "data").exists()  # refused before anything was created
