@@ -148,7 +148,8 @@ class Device:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         config, arrays = self._model()
-        seen = sorted({i.item for i in self.interactions()})
+        # items outside the current catalogue can be neither fitted to nor recommended
+        seen = sorted({i.item for i in self.interactions() if i.item < config.num_items})
         model = device_model(
             config, config.num_items, self._seed(), arrays, self._serving(config, arrays, seen)
         )
@@ -164,11 +165,9 @@ class Device:
         history = self.privacy_history()
         if config is None:
             return PrivacyBudget(0.0, None, None, UNIT, None, 0)
-        unprotected = self.store.get(UNPROTECTED) is not None
+        epsilon = history.epsilon(config.dp_delta, config.dp_accountant)
         return PrivacyBudget(
-            epsilon=math.inf
-            if unprotected
-            else history.epsilon(config.dp_delta, config.dp_accountant),
+            epsilon=math.inf if self.store.get(UNPROTECTED) is not None else epsilon,
             cap=config.dp_epsilon_cap or None,
             delta=config.dp_delta,
             unit=UNIT,
