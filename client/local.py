@@ -66,10 +66,11 @@ def device_model(
 
 
 def _seed_round(config: RunConfig, user_id: int, server_round: int) -> None:
-    # Fresh randomness per device and round: reusing one seed would repeat the DP noise.
-    torch.manual_seed(
-        int(np.random.SeedSequence((config.seed, 4, user_id, server_round)).generate_state(1)[0])
-    )
+    # Fresh randomness per device and round: reusing one seed would repeat the DP noise. 64 bits:
+    # a 32-bit seed could be searched exhaustively to strip a device's noise. (Torch's generator
+    # is still no CSPRNG; Opacus' secure mode needs torchcsprng, absent for torch 2.13.)
+    sequence = np.random.SeedSequence((config.seed, 4, user_id, server_round))
+    torch.manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
 
 
 def train(
