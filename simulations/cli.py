@@ -1,5 +1,5 @@
-"""The ``confide`` command: ``simulate`` (Flower simulation), ``centralized`` (baseline) and
-``report`` (privacy-budget report of a run directory)."""
+"""The ``confide`` command: ``simulate`` (Flower simulation), ``centralized`` (baseline),
+``report`` (privacy-budget report of a run directory) and ``audit item-inference``."""
 
 from __future__ import annotations
 
@@ -73,7 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(centralized)
     report = commands.add_parser("report", help="privacy-budget report of a finished run")
     report.add_argument("run_dir", help="run directory (with config.json and metrics.jsonl)")
+    audit = commands.add_parser("audit", help="privacy audits").add_subparsers(
+        dest="audit", required=True
+    )
+    inference = audit.add_parser(
+        "item-inference", help="can a curious server recover users' items from their updates?"
+    )
+    inference.add_argument("run_dir", nargs="?", help="a finished run (else: --config)")
+    _add_config_args(inference)
+    inference.add_argument("--cohorts", default="10,100", help="SecAgg+ cohort sizes to audit")
+    inference.add_argument("--users", type=int, default=0, help="audit only N users (0: all)")
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        return _audit(args)
 
     if args.command == "report":  # reads a finished run: no config to resolve
         from server.report import main as report_main
@@ -93,6 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     from simulations.simulate import run_simulation
 
     return run_simulation(config, changed, APP_DIR, supernodes=args.supernodes)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from simulations.audit import load_run, run_item_inference
+
+    try:
+        if args.run_dir:
+            config, model = load_run(Path(args.run_dir))
+            out = Path(args.out or args.run_dir)
+        else:
+            config, _ = resolve_config(args.config, args.set, args.out)
+            model, out = None, Path(args.out or "runs/audit")
+        cohorts = [int(k) for k in args.cohorts.split(",")]
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"confide: audit error: {err}", file=sys.stderr)
+        return 2
+    run_item_inference(config, model, out, cohorts, args.users)
+    return 0
 
 
 if __name__ == "__main__":
