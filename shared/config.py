@@ -204,6 +204,11 @@ class RunConfig:
                 f"{plan.max_cohort}: the masked sum could wrap around; set secagg-max-cohort = "
                 f"{self.clients_per_round} (the modulus is derived from it) or fewer clients"
             )
+        if self.min_fit_clients > plan.max_cohort:
+            raise ConfigError(
+                f"min-fit-clients {self.min_fit_clients} exceeds secagg-max-cohort "
+                f"{plan.max_cohort}: set secagg-max-cohort = {self.min_fit_clients} or lower it"
+            )
         threshold = plan.reconstruction_threshold
         if fixed and max(self.clients_per_round, self.min_fit_clients) < threshold:
             raise ConfigError(
