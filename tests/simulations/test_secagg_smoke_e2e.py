@@ -23,9 +23,9 @@ def test_smoke_secagg_runs_and_a_halted_round_is_in_the_ledger(tmp_path):
     assert "run status: finished:completed" in log
     records = read_jsonl(out / "metrics.jsonl")
     assert len(records) == 2, log[-3000:]
-    assert "halted at the collect stage" in records[0]["skipped"]
+    assert "halted at the collect stage" in records[0]["skipped"], records
     assert "skipped" not in records[1] and records[1]["secagg_clipped_fraction"] == 0.0
-    assert records[1]["secagg_survivors"] == records[1]["fit_sampled"] > 0
+    assert records[1]["secagg_survivors"] == records[1]["fit_sampled"] > 0, records
     ledger = read_jsonl(out / "privacy_ledger.jsonl")
     assert ledger[0]["user_level"]["status"].startswith("skipped: secure aggregation halted")
     assert ledger[0]["secure_aggregation"]["enabled"]
