@@ -1,7 +1,8 @@
 """ClientApp: Flower glue over :mod:`client.local` (legacy NumPyClient route, SecAgg+-capable).
 
-One supernode is one user (``partition-id`` = dense user index). The private user embedding lives
-in ``context.state`` between rounds: it is never part of a reply.
+One supernode is one user: in simulation ``partition-id`` = dense user index; deployed, the node
+config names the device's encrypted store (:mod:`client.on_device`). The private user embedding
+lives in ``context.state`` between rounds (and in the store between runs): never in a reply.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, RecordDict
 from flwr.client import ClientApp, NumPyClient
 
-from client import local
+from client import local, on_device
 from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
 from shared.config import RunConfig
 from shared.privacy import TRAINED, PrivacyHistory
@@ -22,11 +23,19 @@ HISTORY_RECORD = "confide.privacy-history"  # the device's DP-SGD accountant, wh
 
 
 class DeviceClient(NumPyClient):
-    def __init__(self, config: RunConfig, data: UserData, user_id: int, state: RecordDict) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        data: UserData,
+        user_id: int,
+        state: RecordDict,
+        store: on_device.StoreRun | None = None,
+    ) -> None:
         self.run_config = config
         self.data = data
         self.user_id = user_id
         self.state = state
+        self.store = store  # deployed: the device store keeps state and model between runs
 
     def _private(self) -> dict[str, np.ndarray] | None:
         record = self.state.array_records.get(PRIVATE_RECORD)
@@ -56,6 +65,8 @@ class DeviceClient(NumPyClient):
         self.state.array_records[HISTORY_RECORD] = ArrayRecord(
             array_dict={"steps": Array(result.history.to_array())}
         )
+        if self.store is not None:
+            self.store.save_fit(result, parameters)
         metrics: dict[str, float | str] = {}
         if result.status == TRAINED:
             metrics["loss"] = result.loss
@@ -68,12 +79,24 @@ class DeviceClient(NumPyClient):
         loss, metrics = local.evaluate(
             self.run_config, self.data, self.user_id, parameters, self._private()
         )
+        if self.store is not None:
+            self.store.save_model(parameters)  # the latest global model, for recommending
         return loss, 1, metrics
 
 
 def client_fn(context: Context):
     torch.set_num_threads(1)  # one thread per Ray actor: actors already fill the cores
     config = RunConfig.from_mapping(context.run_config)
+    if on_device.uses_store(context.node_config):
+        run = on_device.StoreRun.open(config, context.node_config, context.run_id)
+        run.restore(context.state, PRIVATE_RECORD, HISTORY_RECORD)
+        return DeviceClient(config, run.data, run.user_id, context.state, run).to_client()
+    if "partition-id" not in context.node_config:
+        raise ValueError(
+            f"node config has neither {on_device.STORE_PATH} (a deployed device) nor "
+            "partition-id (a simulation): start the SuperNode with --node-config "
+            '\'store-path="/path/confide.db" store-key-file="/path/key"\''
+        )
     user_id = int(context.node_config["partition-id"])
     split = split_for(config)
     if user_id >= split.num_users:

@@ -36,6 +36,7 @@ class RunConfig:
     data_dir: str
     synthetic_users: int
     synthetic_items: int
+    num_items: int
     eval_negatives: int
     train_negatives: int
     # model
@@ -226,7 +227,7 @@ _AT_LEAST_ONE = (
     *("secagg_num_shares", "secagg_reconstruction_threshold", "secagg_max_cohort"),
 )
 _NON_NEGATIVE = (
-    *("train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
+    *("num_items", "train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
     *("dp_noise_multiplier", "dp_target_epsilon", "dp_epsilon_cap"),
     *("dp_user_noise_multiplier", "dp_user_target_epsilon", "dp_user_epsilon_cap"),
 )

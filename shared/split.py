@@ -180,7 +180,7 @@ def _cached_split(
 
 def split_for(config: RunConfig) -> LeaveOneOut:
     """The run's split, loaded once per process (simulated clients share an actor process)."""
-    return _cached_split(
+    split = _cached_split(
         config.dataset,
         config.data_dir,
         config.seed,
@@ -188,11 +188,20 @@ def split_for(config: RunConfig) -> LeaveOneOut:
         config.synthetic_items,
         config.eval_negatives,
     )
+    if config.num_items and config.num_items != split.num_items:
+        from shared.config import ConfigError
+
+        raise ConfigError(
+            f"num-items is {config.num_items} but the dataset has {split.num_items} items: "
+            "set num-items = 0 to derive it from the dataset, or point it at the right data"
+        )
+    return split
 
 
 def catalog_size(config: RunConfig) -> int:
     """Number of items in the catalogue (public: the item list, not anyone's interactions).
 
-    In simulation it is read off the dataset, which the simulation has on disk anyway.
+    ``num-items`` when set (a deployed server and its devices have no dataset); otherwise read
+    off the dataset, which a simulation has on disk anyway.
     """
-    return split_for(config).num_items
+    return config.num_items or split_for(config).num_items

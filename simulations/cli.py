@@ -1,5 +1,6 @@
 """The ``confide`` command: ``simulate`` (Flower simulation), ``centralized`` (baseline),
-``report`` (privacy-budget report of a run directory) and ``audit item-inference``."""
+``report`` (privacy-budget report of a run directory), ``certs`` (deployment credentials) and
+``audit item-inference`` (what a curious server learns about a user's items)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(centralized)
     report = commands.add_parser("report", help="privacy-budget report of a finished run")
     report.add_argument("run_dir", help="run directory (with config.json and metrics.jsonl)")
+    certs = commands.add_parser("certs", help="TLS certificates and device keys for deployment")
+    certs.add_argument("dir", help="output directory (created 0700; existing files are kept)")
+    certs.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="name or IP address SuperNodes reach the SuperLink by (repeatable)",
+    )
+    certs.add_argument("--devices", default="3", help="a count (device-0..) or names: a,b,c")
     audit = commands.add_parser("audit", help="privacy audits").add_subparsers(
         dest="audit", required=True
     )
@@ -86,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "audit":
         return _audit(args)
-
+    if args.command == "certs":
+        return _certs(args.dir, args.host, args.devices)
     if args.command == "report":  # reads a finished run: no config to resolve
         from server.report import main as report_main
 
@@ -105,6 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     from simulations.simulate import run_simulation
 
     return run_simulation(config, changed, APP_DIR, supernodes=args.supernodes)
+
+
+def _certs(directory: str, hosts: list[str], devices: str) -> int:
+    from shared.certs import device_names, make_credentials
+
+    try:
+        creds = make_credentials(Path(directory), hosts, device_names(devices))
+    except (ValueError, OSError) as err:
+        print(f"confide certs: {err}", file=sys.stderr)
+        return 2
+    for path in creds.created:
+        print(f"created {path}")
+    print(
+        f"SuperLink: --ssl-ca-certfile {creds.ca_cert} --ssl-certfile {creds.server_cert} "
+        f"--ssl-keyfile {creds.server_key}; keep {creds.ca_key} offline"
+    )
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:

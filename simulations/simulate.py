@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,13 +50,18 @@ def _toml_value(value: Any) -> str:
     return repr(value)
 
 
-def _wait_healthy(port: int, process: subprocess.Popen, timeout: float = 60.0) -> None:
+def _wait_healthy(
+    port: int, process: subprocess.Popen, timeout: float = 60.0, *, ca_file: Path | None = None
+) -> None:
+    """Wait for the SuperLink's /health; over HTTPS, verified against ``ca_file``, if given."""
+    url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}/health"
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"flower-superlink exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+            with urllib.request.urlopen(url, timeout=1, context=context):
                 return
         except OSError:
             time.sleep(0.3)
@@ -75,10 +81,11 @@ def _alive_in_group(pgid: int) -> bool:
         return False
 
 
-def stop_superlink(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    """Stop the SuperLink and its SuperExec's process group (the simulation and Ray live there).
+def stop_process_tree(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a Flower process and its children's process groups (a SuperLink's SuperExec, with
+    the simulation and Ray; a SuperNode's SuperExec and ClientApps).
 
-    SIGTERM to the SuperLink alone orphans the running simulation, so the group goes first.
+    SIGTERM to the SuperLink alone orphans the running simulation, so the groups go first.
     """
     groups = set()
     for child in _children(process.pid):
@@ -107,6 +114,9 @@ def stop_superlink(process: subprocess.Popen, timeout: float = 15.0) -> None:
     if process.poll() is None:
         process.kill()
     process.wait(timeout=5)
+
+
+stop_superlink = stop_process_tree
 
 
 def run_simulation(
@@ -220,9 +230,9 @@ def _json_or_none(text: str) -> dict | None:
         return None
 
 
-def _run_status(run_id: str, env: dict[str, str]) -> str:
+def _run_status(run_id: str, env: dict[str, str], connection: str = CONNECTION) -> str:
     out = subprocess.run(
-        [_bin("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+        [_bin("flwr"), "ls", connection, "--run-id", run_id, "--format", "json"],
         env=env,
         capture_output=True,
         text=True,

@@ -33,6 +33,7 @@ def test_pyproject_defaults_parse_into_typed_config():
         ("dp-accountant", "gdp", "dp-accountant must be one of"),
         ("learning-rate-decay", 0.0, r"learning-rate-decay must be in \(0, 1\]"),
         ("dp-interaction", "yes", "true or false"),
+        ("num-items", -1, "num-items must be 0 or more"),
     ],
 )
 def test_bad_values_rejected_with_reason(key, value, message):

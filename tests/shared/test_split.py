@@ -70,3 +70,15 @@ def test_training_negatives_resampled_each_round_and_exclude_positives():
     other, _ = training_examples(positives, 50, 4, train_rng(0, 3, 2))
     np.testing.assert_array_equal(items, again)
     assert not np.array_equal(items, other)
+
+
+def test_catalog_size_from_num_items_or_dataset():
+    from shared.config import ConfigError
+    from shared.split import catalog_size, split_for
+    from tests.conftest import small_config
+
+    assert catalog_size(small_config()) == split_for(small_config()).num_items == 200
+    assert catalog_size(small_config(num_items=1234)) == 1234  # no dataset needed
+    assert split_for(small_config(num_items=200)).num_items == 200
+    with pytest.raises(ConfigError, match="num-items is 1234 but the dataset has 200 items"):
+        split_for(small_config(num_items=1234))

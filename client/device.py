@@ -1,0 +1,320 @@
+"""The device SDK: what a host app calls, over the encrypted on-device store.
+
+    with Device.open("confide.db", key) as device:      # key: 32 bytes from the OS keystore
+        device.record(item=42, rating=4.0)
+        device.recommend(k=10)                           # [Recommendation(item, score), ...]
+        device.privacy_budget()                          # ε spent, cap, unit
+        device.forget()                                  # deletes everything of this user
+
+Items are catalogue indices ``0..num_items-1`` (the catalogue is public; the interactions are
+not). The store also keeps what the deployed ClientApp needs between runs: the private embedding,
+the DP accountant, the latest global model and the run config it belongs to, and a random secret
+from which the device's seeds are derived (so its noise and negatives are neither predictable by
+the server nor repeated across runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from client.local import LOCAL_USER, device_model, personalize
+from client.store import EncryptedStore, Interaction
+from shared.config import RunConfig
+from shared.models import private_state
+from shared.privacy import PrivacyHistory
+from shared.split import UserData, sample_excluding
+
+PRIVATE = "private-embedding"  # trained inside the DP-SGD steps of federated rounds
+HISTORY = "privacy-history"  # the device's accountant: every DP-SGD step it ever took
+GLOBAL = "global-model"
+RUN_CONFIG = "run-config"
+SECRET = "secret"
+SERVING = "serving-embedding"  # re-fitted for recommending only; never used for training
+UNPROTECTED = "unprotected-rounds"  # rounds this device trained without interaction-level DP
+COLD_START_EPOCHS = 20  # local passes when personalize-epochs is 0
+UNIT = "one interaction of this device"
+
+
+class ModelNotReady(RuntimeError):
+    """The device has no global model yet: it arrives with its first federated round."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item: int
+    score: float
+
+
+@dataclass(frozen=True)
+class PrivacyBudget:
+    """Interaction-level DP spent by this device over every run it took part in."""
+
+    epsilon: float
+    cap: float | None  # the device declines to train once a round would pass it
+    delta: float | None
+    unit: str
+    accountant: str | None
+    steps: int
+
+    @property
+    def remaining(self) -> float | None:
+        return None if self.cap is None else max(0.0, self.cap - self.epsilon)
+
+
+def arrays_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def bytes_to_arrays(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+class Device:
+    """One user's device. Thread-safe as far as its store is; close it (or use ``with``)."""
+
+    def __init__(self, store: EncryptedStore, num_items: int | None = None) -> None:
+        self.store = store
+        self._num_items = num_items
+        self.last_fit = False  # whether the last recommend() re-fitted the private embedding
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], key: bytes, *, num_items: int | None = None
+    ) -> Device:
+        return cls(EncryptedStore(path, key), num_items)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def device_id(self) -> str:
+        return self.store.device_id
+
+    @property
+    def num_items(self) -> int | None:
+        """The catalogue size: given at open, or known from the last run's config."""
+        config = self.run_config()
+        return self._num_items or (config.num_items if config else None) or None
+
+    # -- host app API ----------------------------------------------------------------------
+    def record(self, item: int, rating: float | None = None, timestamp: float | None = None) -> int:
+        """Append one interaction; returns its record id."""
+        if isinstance(item, bool) or not isinstance(item, int | np.integer):
+            raise ValueError(f"item must be an integer catalogue index, got {item!r}")
+        if item < 0 or (self.num_items and item >= self.num_items):
+            bound = f"0..{self.num_items - 1}" if self.num_items else "0 or more"
+            raise ValueError(f"item {item} is outside the catalogue: use an index in {bound}")
+        if rating is not None and not _finite(rating):
+            raise ValueError(f"rating must be a finite number or None, got {rating!r}")
+        timestamp = time.time() if timestamp is None else timestamp
+        if not _finite(timestamp):
+            raise ValueError(f"timestamp must be finite seconds since the epoch, got {timestamp!r}")
+        return self.store.add_interaction(
+            int(item), float(timestamp), None if rating is None else float(rating)
+        )
+
+    def interactions(self) -> list[Interaction]:
+        return self.store.interactions()
+
+    def recommend(self, k: int = 10) -> list[Recommendation]:
+        """The k best items this device has not interacted with, best first.
+
+        Scored by the latest global model with a private embedding re-fitted locally (no
+        server) whenever the interactions or the model changed since the last fit: that is
+        what makes a device with only a few interactions get personal results (cold start).
+        The re-fitted embedding is kept apart from the one federated training uses, which is
+        only ever trained inside DP-SGD steps (DESIGN.md §4).
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        config, arrays = self._model()
+        # items outside the current catalogue can be neither fitted to nor recommended
+        seen = sorted({i.item for i in self.interactions() if i.item < config.num_items})
+        model = device_model(
+            config, config.num_items, self._seed(), arrays, self._serving(config, arrays, seen)
+        )
+        scores = model.score_all_items(LOCAL_USER).numpy().astype(np.float64)
+        scores[seen] = -np.inf
+        order = np.lexsort((np.arange(len(scores)), -scores))  # best first, ties by item id
+        top = [int(i) for i in order[:k] if np.isfinite(scores[i])]
+        return [Recommendation(i, float(scores[i])) for i in top]
+
+    def privacy_budget(self) -> PrivacyBudget:
+        """ε is infinite once the device trained a round without DP: no finite ε covers it."""
+        config = self.run_config()
+        history = self.privacy_history()
+        if config is None:
+            return PrivacyBudget(0.0, None, None, UNIT, None, 0)
+        epsilon = history.epsilon(config.dp_delta, config.dp_accountant)
+        return PrivacyBudget(
+            epsilon=math.inf if self.store.get(UNPROTECTED) is not None else epsilon,
+            cap=config.dp_epsilon_cap or None,
+            delta=config.dp_delta,
+            unit=UNIT,
+            accountant=config.dp_accountant,
+            steps=history.steps,
+        )
+
+    def forget(self) -> None:
+        """Delete every interaction, the private embeddings, the accountant and the model."""
+        self.store.forget()
+
+    def status(self) -> dict[str, object]:
+        config = self.run_config()
+        names = set(self.store.names())
+        return {
+            "device_id": self.device_id,
+            "interactions": self.store.count_interactions(),
+            "num_items": self.num_items or 0,
+            "model": config.model if config else "",
+            "has_global_model": GLOBAL in names,
+            "has_private_embedding": PRIVATE in names,
+            "epsilon": self.privacy_budget().epsilon,
+        }
+
+    # -- state the deployed ClientApp keeps here -------------------------------------------
+    def run_config(self) -> RunConfig | None:
+        data = self.store.get(RUN_CONFIG)
+        return None if data is None else RunConfig.from_mapping(json.loads(data))
+
+    def global_model(self) -> list[np.ndarray] | None:
+        data = self.store.get(GLOBAL)
+        if data is None:
+            return None
+        arrays = bytes_to_arrays(data)
+        return [arrays[k] for k in sorted(arrays)]
+
+    def private_embedding(self) -> dict[str, np.ndarray] | None:
+        data = self.store.get(PRIVATE)
+        return None if data is None else bytes_to_arrays(data)
+
+    def privacy_history(self) -> PrivacyHistory:
+        data = self.store.get(HISTORY)
+        return (
+            PrivacyHistory()
+            if data is None
+            else PrivacyHistory.from_array(bytes_to_arrays(data)["steps"])
+        )
+
+    def save_training(
+        self, private: Mapping[str, np.ndarray] | None, history: PrivacyHistory | None
+    ) -> None:
+        if private is not None:
+            self.store.put(PRIVATE, arrays_to_bytes(private))
+        if history is not None:
+            self.store.put(HISTORY, arrays_to_bytes({"steps": history.to_array()}))
+
+    def save_global(self, config: RunConfig, arrays: Sequence[np.ndarray]) -> None:
+        if not config.num_items:
+            raise ValueError("a device's run config must name its catalogue size (num-items)")
+        self.store.put(RUN_CONFIG, json.dumps(config.to_mapping()).encode())
+        self.store.put(GLOBAL, arrays_to_bytes({f"{i:04d}": a for i, a in enumerate(arrays)}))
+
+    def count_unprotected_round(self) -> None:
+        count = int.from_bytes(self.store.get(UNPROTECTED) or b"", "little") + 1
+        self.store.put(UNPROTECTED, count.to_bytes(8, "little"))
+
+    def seed_identity(self, run_id: int) -> int:
+        """This device's seed identity in a run (secret, different in every run)."""
+        return self._seed(run_id)
+
+    def training_data(self, num_items: int, eval_negatives: int) -> UserData:
+        """Leave-one-out over this device's own interactions, as in simulation (DESIGN.md §7).
+
+        Every item counts once (its latest timestamp); the latest item is held out (ties: the
+        largest item id), and the evaluation negatives are items never seen, fixed per device.
+        """
+        latest: dict[int, float] = {}
+        for interaction in self.interactions():
+            if interaction.item >= num_items:
+                raise ValueError(
+                    f"item {interaction.item} on this device is outside the catalogue of "
+                    f"{num_items} items (num-items): the catalogue and the device disagree"
+                )
+            latest[interaction.item] = max(
+                latest.get(interaction.item, -math.inf), interaction.timestamp
+            )
+        if len(latest) < 2:
+            raise ValueError(
+                f"this device has {len(latest)} distinct item(s); training needs at least 2 "
+                "(the latest is held out for evaluation): record more interactions first"
+            )
+        items = np.array(sorted(latest, key=lambda i: (latest[i], i)), dtype=np.int64)
+        rng = np.random.default_rng(self._seed(-1))
+        negatives = sample_excluding(rng, num_items, items, eval_negatives)
+        return UserData(num_items, items[:-1], int(items[-1]), np.sort(negatives))
+
+    # -- internals -------------------------------------------------------------------------
+    def _seed(self, run_id: int = 0) -> int:
+        secret = self.store.get(SECRET)
+        if secret is None:
+            secret = secrets.token_bytes(32)
+            self.store.put(SECRET, secret)
+        digest = hashlib.sha256(secret + str(run_id).encode()).digest()
+        return int.from_bytes(digest[:8], "little")
+
+    def _model(self) -> tuple[RunConfig, list[np.ndarray]]:
+        config, arrays = self.run_config(), self.global_model()
+        if config is None or arrays is None:
+            raise ModelNotReady(
+                "no global model on this device yet: it arrives with the device's first "
+                "federated round (start its SuperNode and wait for a run)"
+            )
+        return config, arrays
+
+    def _serving(
+        self, config: RunConfig, arrays: list[np.ndarray], seen: list[int]
+    ) -> dict[str, np.ndarray] | None:
+        """The private embedding to rank with: cached, or re-fitted if anything changed."""
+        trained = self.store.get(PRIVATE)
+        fingerprint = hashlib.sha256()
+        for part in (self.store.get(GLOBAL) or b"", trained or b"", np.asarray(seen).tobytes()):
+            fingerprint.update(hashlib.sha256(part).digest())
+        tag = np.frombuffer(fingerprint.digest(), dtype=np.uint8)
+        cached = self.store.get(SERVING)
+        if cached is not None:
+            cached_arrays = bytes_to_arrays(cached)
+            if np.array_equal(cached_arrays.pop("fingerprint"), tag):
+                self.last_fit = False
+                return cached_arrays
+        private = None if trained is None else bytes_to_arrays(trained)
+        if not seen:  # nothing to fit to: the trained (or fresh) embedding as it is
+            self.last_fit = False
+            return private
+        model = device_model(config, config.num_items, self._seed(), arrays, private)
+        data = UserData(config.num_items, np.asarray(seen), -1, np.empty(0, dtype=np.int64))
+        epochs = config.personalize_epochs or COLD_START_EPOCHS
+        with torch.enable_grad():
+            personalize(config.replace(personalize_epochs=epochs), model, data, self._seed())
+        fitted = private_state(model)
+        self.store.put(SERVING, arrays_to_bytes({**fitted, "fingerprint": tag}))
+        self.last_fit = True
+        return fitted
+
+
+def _finite(value: object) -> bool:
+    return (
+        isinstance(value, int | float | np.number)
+        and not isinstance(value, bool)
+        and (math.isfinite(float(value)))
+    )

@@ -1,0 +1,1 @@
+"""Generated gRPC code for the device agent (see device.proto; do not edit by hand)."""

@@ -1,0 +1,238 @@
+"""The on-device store: SQLite, every record encrypted with AES-256-GCM (``cryptography``).
+
+What is on disk, and why:
+
+- ``meta``: the format, a random device id and a random generation (plaintext, not secret),
+  and a key check (an encrypted constant) that tells a wrong key apart from tampering.
+- ``interactions``: one row per interaction, ``(id, nonce, ciphertext)``. The plaintext is a
+  fixed-size struct (item, timestamp, rating), so not even the ciphertext length depends on the
+  item id. No item id is stored in the clear anywhere.
+- ``state``: named blobs (private embedding, accountant, latest global model, ...), encrypted the
+  same way.
+
+Each record has its own random 96-bit nonce, and its associated data binds it to this store's
+device id and generation, its table and its record id (or name): a flipped bit, or a record
+copied to another id, name or device, fails authentication with :class:`TamperedError`. The key
+(32 bytes) comes from the host app on every open; it is never written here.
+
+Not detected: deleting whole records, or rolling the whole file back to an older copy (that
+needs a trusted counter outside the file). :meth:`EncryptedStore.forget` starts a new generation,
+so records from before it never authenticate again, even if copied back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import sqlite3
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+FORMAT = b"confide-store/1"
+KEY_BYTES = 32  # AES-256
+NONCE_BYTES = 12  # 96 bits, the GCM standard nonce
+_KEY_CHECK = b"confide key check"
+_INTERACTION = struct.Struct("<qdd")  # item, timestamp, rating (NaN: none)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS interactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, nonce BLOB NOT NULL, ciphertext BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS state (
+    name TEXT PRIMARY KEY, nonce BLOB NOT NULL, ciphertext BLOB NOT NULL);
+"""
+
+
+def _check_aad(device_id: str) -> bytes:
+    return b"|".join([FORMAT, device_id.encode(), b"key-check"])
+
+
+class StoreError(Exception):
+    """The store cannot be opened or read."""
+
+
+class WrongKeyError(StoreError):
+    """The key does not open this store."""
+
+
+class TamperedError(StoreError):
+    """A record failed authentication: altered, or moved from another record or device."""
+
+
+@dataclass(frozen=True)
+class Interaction:
+    record_id: int
+    item: int
+    timestamp: float
+    rating: float | None
+
+
+class EncryptedStore:
+    """One device's encrypted SQLite file. Thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: str | os.PathLike[str], key: bytes) -> None:
+        if not isinstance(key, bytes | bytearray) or len(key) != KEY_BYTES:
+            raise ValueError(
+                f"the store key must be {KEY_BYTES} random bytes (AES-256), got "
+                f"{len(key) if isinstance(key, bytes | bytearray) else type(key).__name__}"
+            )
+        self.path = Path(path)
+        self._aead = AESGCM(bytes(key))
+        self._lock = threading.RLock()
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._db.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed
+            self._db.executescript(_SCHEMA)
+            self._open_meta()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path} is not a Confide store (SQLite said: {err})") from None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _open_meta(self) -> None:
+        meta = dict(self._db.execute("SELECT name, value FROM meta"))
+        if not meta:
+            device_id = secrets.token_hex(16)
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            check = self._aead.encrypt(nonce, _KEY_CHECK, _check_aad(device_id))
+            meta = {
+                "format": FORMAT,
+                "device-id": device_id.encode(),
+                "generation": secrets.token_hex(16).encode(),
+                "key-check": nonce + check,
+            }
+            with self._db:
+                self._db.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
+        if meta.get("format") != FORMAT:
+            raise StoreError(f"{self.path}: unknown store format {meta.get('format')!r}")
+        self.device_id = bytes(meta["device-id"]).decode()
+        self._generation = bytes(meta["generation"])
+        blob = bytes(meta["key-check"])
+        try:
+            self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], _check_aad(self.device_id))
+        except InvalidTag:
+            raise WrongKeyError(
+                f"the key does not open {self.path}: it is the wrong key, or the store's header "
+                "was altered. Use the key this store was created with."
+            ) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> EncryptedStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._db:
+            yield self._db
+
+    # -- encryption ------------------------------------------------------------------------
+    def _aad(self, table: str, record: str) -> bytes:
+        return b"|".join(
+            [FORMAT, self.device_id.encode(), self._generation, table.encode(), record.encode()]
+        )
+
+    def _seal(self, table: str, record: str, plain: bytes) -> tuple[bytes, bytes]:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce, self._aead.encrypt(nonce, plain, self._aad(table, record))
+
+    def _open(self, table: str, record: str, nonce: bytes, ciphertext: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(bytes(nonce), bytes(ciphertext), self._aad(table, record))
+        except InvalidTag:
+            raise TamperedError(
+                f"record {table}/{record} in {self.path} failed authentication: it was altered, "
+                "or moved here from another record or device. The store cannot be trusted: "
+                "restore it from a backup, or call forget() to start over."
+            ) from None
+
+    # -- interactions ----------------------------------------------------------------------
+    def add_interaction(self, item: int, timestamp: float, rating: float | None) -> int:
+        plain = _INTERACTION.pack(item, timestamp, math.nan if rating is None else rating)
+        with self._tx() as db:
+            # Reserve the id first: the associated data must name the id the row will have.
+            cursor = db.execute("INSERT INTO interactions (nonce, ciphertext) VALUES (x'', x'')")
+            record_id = int(cursor.lastrowid)
+            nonce, ciphertext = self._seal("interactions", str(record_id), plain)
+            db.execute(
+                "UPDATE interactions SET nonce = ?, ciphertext = ? WHERE id = ?",
+                (nonce, ciphertext, record_id),
+            )
+        return record_id
+
+    def interactions(self) -> list[Interaction]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, nonce, ciphertext FROM interactions ORDER BY id"
+            ).fetchall()
+        result = []
+        for record_id, nonce, ciphertext in rows:
+            plain = self._open("interactions", str(record_id), nonce, ciphertext)
+            item, timestamp, rating = _INTERACTION.unpack(plain)
+            result.append(
+                Interaction(record_id, item, timestamp, None if math.isnan(rating) else rating)
+            )
+        return result
+
+    def count_interactions(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
+
+    # -- named state -----------------------------------------------------------------------
+    def put(self, name: str, data: bytes) -> None:
+        nonce, ciphertext = self._seal("state", name, data)
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (name, nonce, ciphertext))
+
+    def get(self, name: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT nonce, ciphertext FROM state WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else self._open("state", name, *row)
+
+    def delete(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM state WHERE name = ?", (name,))
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT name FROM state ORDER BY name")]
+
+    def verify(self) -> int:
+        """Authenticate every record; returns how many were checked (raises on the first bad)."""
+        count = len(self.interactions())
+        for name in self.names():
+            self.get(name)
+            count += 1
+        return count
+
+    # -- forgetting ------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Delete every interaction and every state record, and start a new generation.
+
+        ``secure_delete`` zeroes the freed pages and VACUUM rebuilds the file without them, so
+        no ciphertext of the old records remains in it; the id counter is reset too.
+        """
+        with self._tx() as db:
+            db.execute("DELETE FROM interactions")
+            db.execute("DELETE FROM state")
+            db.execute("DELETE FROM sqlite_sequence")
+            self._generation = secrets.token_hex(16).encode()
+            db.execute("UPDATE meta SET value = ? WHERE name = 'generation'", (self._generation,))
+        with self._lock:
+            self._db.execute("VACUUM")

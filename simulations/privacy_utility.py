@@ -1,0 +1,266 @@
+"""Privacy–utility sweep: the same federated run with no DP, interaction-level DP and user-level DP.
+
+Every row is a real ``confide simulate`` run (Flower's simulation engine) into its own run
+directory under ``--out``; a row whose run directory already holds a finished run is not run again,
+so an interrupted sweep resumes where it stopped. The script then reads each run's last evaluation
+and its privacy report and writes ``table.md``, ``table.json`` and ``privacy_utility.png``.
+
+    python -m simulations.privacy_utility --data-dir ../shared/data/ml-100k --out runs/pu
+    python -m simulations.privacy_utility ... --only none,interaction-8   # a subset of rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.rundir import read_metrics
+
+HERE = Path(__file__).resolve().parent
+EPSILONS = (1, 4, 8)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    unit: str  # "none", "interaction" or "user"
+    target_epsilon: float | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def default_rows(rounds: int, clients_per_round: int, population: int) -> list[Row]:
+    """No DP, then each unit at each target ε (δ = 1e-5 throughout).
+
+    Interaction level: each device plans for the participations it expects plus two standard
+    deviations (Flower samples a fixed K of N each round, so a device's count is binomial) and
+    stops at its cap, so no device ever passes the target. User level: the server's accountant
+    solves for z over all rounds with q = K/N and the run stops at the cap.
+    """
+    q = clients_per_round / population
+    mean = rounds * q
+    planned = max(1, math.ceil(mean + 2 * math.sqrt(rounds * q * (1 - q))))
+    rows = [Row("none", "none", None)]
+    for eps in EPSILONS:
+        rows.append(
+            Row(
+                f"interaction-{eps}",
+                "interaction",
+                eps,
+                {
+                    "dp-interaction": True,
+                    "dp-target-epsilon": float(eps),
+                    "dp-planned-participations": planned,
+                    "dp-epsilon-cap": float(eps),
+                    "dp-delta": 1e-5,
+                },
+            )
+        )
+    for eps in EPSILONS:
+        rows.append(
+            Row(
+                f"user-{eps}",
+                "user",
+                eps,
+                {
+                    "dp-user": True,
+                    "dp-user-target-epsilon": float(eps),
+                    "dp-user-epsilon-cap": float(eps),
+                    "dp-user-delta": 1e-5,
+                },
+            )
+        )
+    return rows
+
+
+def _finished(run_dir: Path) -> bool:
+    try:
+        records = read_metrics(run_dir)
+    except (OSError, ValueError):
+        return False
+    return any("hr10" in r for r in records) and (run_dir / "global_model.npz").exists()
+
+
+def run_row(row: Row, base_config: Path, common: list[str], out: Path) -> int:
+    from simulations.cli import main as confide
+
+    argv = ["simulate", "--config", str(base_config), "--out", str(out / row.name)]
+    for key, value in row.overrides.items():
+        argv += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
+    for text in common:
+        argv += ["--set", text]
+    print(f"[sweep] {row.name}: confide {' '.join(argv)}", flush=True)
+    return confide(argv)
+
+
+def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
+    """One table row from a finished run: last evaluation, privacy report, federation size."""
+    from server.report import write_report
+
+    config = json.loads((run_dir / "config.json").read_text())
+    records = read_metrics(run_dir)
+    final = [r for r in records if "hr10" in r][-1]
+    summary: dict[str, Any] = {
+        "row": row.name,
+        "unit": row.unit,
+        "target_epsilon": row.target_epsilon,
+        "rounds": max(r["round"] for r in records),
+        "clients_per_round": config["clients-per-round"],
+        "eval_round": final["round"],
+        **{k: final[k] for k in ("hr10", "ndcg10", "full_hr10", "full_ndcg10")},
+    }
+    if row.unit == "none":
+        return summary
+    report = write_report(run_dir)
+    if row.unit == "interaction":
+        unit = report["interaction_level"]
+        summary.update(
+            epsilon=unit["epsilon_max"],
+            epsilon_median=unit["epsilon_median"],
+            delta=unit["delta"],
+            noise_multiplier=unit["noise_multiplier"],
+            clip=unit["max_grad_norm"],
+            devices_at_cap=unit["devices_at_cap"],
+            accountant=unit["accountant"],
+        )
+    else:
+        unit = report["user_level"]
+        summary.update(
+            epsilon=unit["epsilon"],
+            delta=unit["delta"],
+            noise_multiplier=unit["noise_multiplier"],
+            clip=unit["clip_norm"],
+            accountant=unit["accountant"],
+            stopped=report["run"].get("stopped"),
+        )
+    return summary
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    base = next((r["hr10"] for r in rows if r["unit"] == "none"), None)
+    head = (
+        "| row | unit | target ε | ε reached | δ | σ or z | clip | rounds | K | HR@10 | NDCG@10 "
+        "| full HR@10 | full NDCG@10 | HR@10 / no DP |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def cell(value: Any, digits: int = 3) -> str:
+        if value is None:
+            return "–"
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = []
+    for r in rows:
+        ratio = r["hr10"] / base if base else None
+        noise = r.get("noise_multiplier")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["row"],
+                    r["unit"],
+                    cell(r["target_epsilon"], 0),
+                    cell(r.get("epsilon"), 2),
+                    cell(r.get("delta"), 6) if r.get("delta") else "–",
+                    noise if isinstance(noise, str) else cell(noise, 3),
+                    cell(r.get("clip"), 2),
+                    str(r["rounds"]),
+                    str(r["clients_per_round"]),
+                    cell(r["hr10"]),
+                    cell(r["ndcg10"]),
+                    cell(r["full_hr10"]),
+                    cell(r["full_ndcg10"]),
+                    cell(ratio, 2),
+                ]
+            )
+            + " |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    base = next((r for r in rows if r["unit"] == "none"), None)
+    for ax, (sampled, full, title) in zip(
+        axes,
+        [("hr10", "full_hr10", "HR@10"), ("ndcg10", "full_ndcg10", "NDCG@10")],
+        strict=True,
+    ):
+        for unit, marker in (("interaction", "o"), ("user", "s")):
+            points = sorted(
+                (r["target_epsilon"], r[sampled], r[full]) for r in rows if r["unit"] == unit
+            )
+            if points:
+                eps, values, full_values = zip(*points, strict=True)
+                ax.plot(eps, values, marker=marker, label=f"{unit}-level, sampled")
+                ax.plot(eps, full_values, marker=marker, ls="--", label=f"{unit}-level, full")
+        if base:
+            ax.axhline(base[sampled], color="k", lw=1, label="no DP, sampled")
+            ax.axhline(base[full], color="k", lw=1, ls="--", label="no DP, full")
+        ax.set(xlabel="target ε (δ = 1e-5)", ylabel=title, title=title, xticks=list(EPSILONS))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(HERE / "ml-100k.toml"), help="base config TOML")
+    parser.add_argument("--data-dir", help="dataset directory (overrides the config's data-dir)")
+    parser.add_argument("--out", default="runs/privacy-utility", help="sweep directory")
+    parser.add_argument("--only", help="comma-separated row names (default: all)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every row (repeatable)",
+    )
+    parser.add_argument("--population", type=int, default=943, help="devices (users) N")
+    args = parser.parse_args(argv)
+
+    from simulations.cli import resolve_config
+
+    common = list(args.set) + ([f"data-dir={args.data_dir}"] if args.data_dir else [])
+    base, _ = resolve_config(args.config, common, None)
+    rows = default_rows(base.num_server_rounds, base.clients_per_round, args.population)
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {r.name for r in rows}
+        if unknown:
+            parser.error(f"unknown rows {sorted(unknown)}: choose from {[r.name for r in rows]}")
+        rows = [r for r in rows if r.name in wanted]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        if _finished(out / row.name):
+            print(f"[sweep] {row.name}: already finished, reusing {out / row.name}", flush=True)
+            continue
+        code = run_row(row, Path(args.config), common, out)
+        if code:
+            print(f"[sweep] {row.name}: simulation failed (exit {code})", file=sys.stderr)
+            return code
+    every = default_rows(base.num_server_rounds, base.clients_per_round, args.population)
+    done = [r for r in every if _finished(out / r.name)]
+    summaries = [summarize(r, out / r.name) for r in done]
+    (out / "table.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    (out / "table.md").write_text(_markdown(summaries))
+    _plot(summaries, out / "privacy_utility.png")
+    print(_markdown(summaries))
+    print(f"[sweep] table.md, table.json and privacy_utility.png in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

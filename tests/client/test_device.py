@@ -1,0 +1,229 @@
+"""The device SDK, and the deployed ClientApp reading from and writing to the device store."""
+
+import math
+import os
+import secrets
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, RecordDict
+from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.compat.common.recorddict_compat import (
+    evaluateins_to_recorddict,
+    fitins_to_recorddict,
+    recorddict_to_evaluateres,
+    recorddict_to_fitres,
+)
+
+from client.app import HISTORY_RECORD, PRIVATE_RECORD, app
+from client.device import Device, ModelNotReady
+from client.on_device import StoreRun, read_key_file, store_key
+from shared.models import build_model, global_arrays
+from tests.client.test_app import task_identity  # noqa: F401  (fixture: act as a task)
+from tests.conftest import small_config
+
+NUM_ITEMS = 200
+
+
+def _config(**changes):
+    return small_config(num_items=NUM_ITEMS, **changes)
+
+
+def _global(config):
+    model = build_model(
+        config.model,
+        1,
+        NUM_ITEMS,
+        dim=config.embedding_dim,
+        mlp_layers=config.layers,
+        seed=config.seed,
+    )
+    return global_arrays(model)
+
+
+@pytest.fixture
+def device(tmp_path):
+    with Device.open(tmp_path / "store" / "device.db", secrets.token_bytes(32)) as device:
+        yield device
+
+
+def test_record_validates_its_arguments(device):
+    device._num_items = NUM_ITEMS
+    for bad, message in [
+        ("5", "integer catalogue index"),
+        (True, "integer catalogue index"),
+        (-1, "outside the catalogue"),
+        (NUM_ITEMS, r"outside the catalogue: use an index in 0\.\.199"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            device.record(bad)
+    with pytest.raises(ValueError, match="rating must be a finite"):
+        device.record(3, rating=math.nan)
+    with pytest.raises(ValueError, match="timestamp must be finite"):
+        device.record(3, timestamp=math.inf)
+    assert device.interactions() == []  # nothing half-written
+    assert device.record(3) == 1 and device.interactions()[0].timestamp > 1.6e9  # now
+
+
+def test_recommend_needs_a_model_then_ranks_unseen_items_with_cold_start(device):
+    for t, item in enumerate([4, 9, 11]):
+        device.record(item, timestamp=t)
+    with pytest.raises(ModelNotReady, match="no global model on this device yet"):
+        device.recommend(5)
+    config = _config()
+    device.save_global(config, _global(config))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        device.recommend(0)
+
+    top = device.recommend(10)
+    assert device.last_fit  # no embedding yet: fitted locally, no server
+    assert len(top) == 10 and not {4, 9, 11} & {r.item for r in top}
+    scores = [r.score for r in top]
+    assert scores == sorted(scores, reverse=True)
+    assert device.recommend(10) == top and not device.last_fit  # cached: nothing changed
+    everything = device.recommend(NUM_ITEMS)
+    assert len(everything) == NUM_ITEMS - 3  # all unseen items, none seen
+
+    device.record(top[0].item, timestamp=10)  # a new interaction: re-fit, and it is excluded
+    again = device.recommend(10)
+    assert device.last_fit and top[0].item not in {r.item for r in again}
+
+
+def test_training_data_is_leave_one_out_over_the_device(device):
+    for item, t in [(7, 5.0), (3, 1.0), (7, 9.0), (12, 8.0), (5, 9.0)]:
+        device.record(item, timestamp=t)
+    data = device.training_data(NUM_ITEMS, eval_negatives=20)
+    assert data.test_item == 7  # latest (t=9) with the larger id on the tie
+    assert list(data.train_items) == [3, 12, 5]  # each item once, by time
+    assert len(set(data.eval_negatives)) == 20
+    assert not {3, 5, 7, 12} & set(data.eval_negatives.tolist())
+    np.testing.assert_array_equal(
+        device.training_data(NUM_ITEMS, 20).eval_negatives, data.eval_negatives
+    )  # fixed per device
+    with pytest.raises(ValueError, match="outside the catalogue of 10 items"):
+        device.training_data(10, 5)
+
+
+def test_key_sources_are_checked(tmp_path):
+    store = tmp_path / "data" / "device.db"
+    store.parent.mkdir()
+    key = secrets.token_bytes(32)
+    good = tmp_path / "keys" / "k"
+    good.parent.mkdir()
+    good.write_text(key.hex())
+    os.chmod(good, 0o600)
+    assert read_key_file(good, store) == key
+    os.chmod(good, 0o644)
+    with pytest.raises(ValueError, match="readable by others: chmod 600"):
+        read_key_file(good, store)
+    beside = store.parent / "k"
+    beside.write_text(key.hex())
+    os.chmod(beside, 0o600)
+    with pytest.raises(ValueError, match="in the store's directory"):
+        read_key_file(beside, store)
+    os.chmod(good, 0o600)
+    with pytest.raises(ValueError, match="exactly one of store-key-file"):
+        store_key({"store-path": str(store)})
+    os.environ["CONFIDE_TEST_KEY"] = "zz"
+    with pytest.raises(ValueError, match="64 hex digits"):
+        store_key({"store-path": str(store), "store-key-env": "CONFIDE_TEST_KEY"})
+    os.environ["CONFIDE_TEST_KEY"] = key.hex()
+    assert store_key({"store-path": str(store), "store-key-env": "CONFIDE_TEST_KEY"}) == key
+    del os.environ["CONFIDE_TEST_KEY"]
+
+
+def _deployed(tmp_path, items):
+    store, key_file = tmp_path / "data" / "device.db", tmp_path / "keys" / "device.key"
+    key_file.parent.mkdir(parents=True)
+    key = secrets.token_bytes(32)
+    key_file.write_text(key.hex())
+    os.chmod(key_file, 0o600)
+    with Device.open(store, key) as device:
+        for t, item in enumerate(items):
+            device.record(item, timestamp=t)
+    return store, key, {"store-path": str(store), "store-key-file": str(key_file)}
+
+
+def _send(config, node_config, state, message_type, content, run_id=1):
+    context = Context(
+        run_id=run_id,
+        node_id=7,
+        node_config=node_config,
+        state=state,
+        run_config=config.to_mapping(),
+    )
+    reply = app(Message(content=content, dst_node_id=7, message_type=message_type), context)
+    assert not reply.has_error(), reply.error
+    return reply.content
+
+
+def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_path):
+    config = _config(dp_interaction=True, dp_noise_multiplier=1.0, batch_size=8)
+    store, key, node_config = _deployed(tmp_path, [3, 8, 15, 16, 23, 42, 4, 99])
+    arrays = _global(config)
+
+    fit = fitins_to_recorddict(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}), True)
+    res = recorddict_to_fitres(_send(config, node_config, RecordDict(), "train", fit), True)
+    assert res.num_examples == 7  # 8 interactions, the latest held out
+    with Device.open(store, key) as device:
+        first = device.privacy_budget()
+        assert first.epsilon > 0 and first.steps == 1 and first.delta == config.dp_delta
+        assert device.private_embedding() is not None
+        assert all(np.array_equal(a, b) for a, b in zip(device.global_model(), arrays, strict=True))
+
+    # A fresh process with an empty state (a later round, or a later run): the store restores
+    # the embedding and the accountant, so ε keeps growing instead of starting over.
+    state = RecordDict()
+    fit = fitins_to_recorddict(FitIns(res.parameters, {"server-round": 2}), True)
+    trained = recorddict_to_fitres(_send(config, node_config, state, "train", fit, run_id=2), True)
+    assert {PRIVATE_RECORD, HISTORY_RECORD} <= set(state.array_records)
+    with Device.open(store, key) as device:
+        assert device.privacy_budget().steps == 2
+        assert device.privacy_budget().epsilon > first.epsilon
+
+    final = parameters_to_ndarrays(trained.parameters)
+    ins = evaluateins_to_recorddict(
+        EvaluateIns(ndarrays_to_parameters(final), {"server-round": 2}), True
+    )
+    res = recorddict_to_evaluateres(_send(config, node_config, state, "evaluate", ins))
+    assert set(res.metrics) == {"hr10", "ndcg10", "full_hr10", "full_ndcg10"}
+    with Device.open(store, key) as device:  # the last model sent is what the device ranks with
+        assert all(np.array_equal(a, b) for a, b in zip(device.global_model(), final, strict=True))
+        assert len(device.recommend(5)) == 5
+
+    with Device.open(store, key) as device:
+        device.forget()
+        device.record(5, timestamp=1.0)
+        device.record(6, timestamp=2.0)
+    state_run = StoreRun.open(config, node_config, run_id=3)
+    assert state_run.private is None and state_run.history.steps == 0  # forgotten means gone
+
+
+def test_deployed_training_without_dp_makes_epsilon_infinite(tmp_path):
+    config = _config()
+    store, key, node_config = _deployed(tmp_path, [3, 8, 15])
+    fit = fitins_to_recorddict(
+        FitIns(ndarrays_to_parameters(_global(config)), {"server-round": 1}), True
+    )
+    _send(config, node_config, RecordDict(), "train", fit)
+    with Device.open(store, key) as device:
+        assert device.privacy_budget().epsilon == math.inf
+
+
+def test_deployed_needs_the_catalogue_size_and_the_store(tmp_path):
+    _, _, node_config = _deployed(tmp_path, [1, 2])
+    with pytest.raises(ValueError, match="num-items is 0"):
+        StoreRun.open(small_config(), node_config, run_id=1)
+    with pytest.raises(ValueError, match="does not exist"):
+        StoreRun.open(_config(), {**node_config, "store-path": str(tmp_path / "nope.db")}, 1)
+    _, _, one = _deployed(tmp_path / "b", [1])
+    with pytest.raises(ValueError, match="needs at least 2"):
+        StoreRun.open(_config(), one, run_id=1)
+
+
+def test_node_config_without_store_or_partition_is_explained():
+    content = fitins_to_recorddict(
+        FitIns(ndarrays_to_parameters(_global(_config())), {"server-round": 1}), True
+    )
+    with pytest.raises(ValueError, match="neither store-path .* nor partition-id"):
+        _send(_config(), {}, RecordDict(), "train", content)

@@ -1,0 +1,85 @@
+"""The privacy–utility sweep: its rows are valid configs, and its table reads finished runs."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from shared.config import RunConfig, pyproject_defaults
+from simulations.privacy_utility import default_rows, main
+from tests.conftest import ROOT
+from tests.server.test_report import OFF, interaction, ledger_line, make_run, user
+
+
+def test_rows_are_valid_configs_with_binomial_planning():
+    rows = default_rows(rounds=150, clients_per_round=100, population=943)
+    assert [r.name for r in rows] == [
+        "none",
+        "interaction-1",
+        "interaction-4",
+        "interaction-8",
+        "user-1",
+        "user-4",
+        "user-8",
+    ]
+    q = 100 / 943
+    planned = math.ceil(150 * q + 2 * math.sqrt(150 * q * (1 - q)))  # 15.9 + 2 x 3.77
+    assert planned == 24
+    defaults = pyproject_defaults(ROOT / "pyproject.toml")
+    for row in rows[1:]:
+        config = RunConfig.from_mapping({**defaults, **row.overrides})
+        if row.unit == "interaction":
+            assert config.dp_interaction and not config.dp_user
+            assert config.dp_planned_participations == planned
+            assert config.dp_epsilon_cap == config.dp_target_epsilon == row.target_epsilon
+        else:
+            assert config.dp_user and not config.dp_interaction
+            assert config.dp_user_epsilon_cap == config.dp_user_target_epsilon
+        assert 1e-5 in (config.dp_delta, config.dp_user_delta)
+
+
+def _finished_run(tmp_path, name, hr10, config=None, ledger=None):
+    final = {"round": 3, "hr10": hr10, "ndcg10": hr10 / 2, "full_hr10": 0.05, "full_ndcg10": 0.02}
+    base = {"clients-per-round": 100, "num-server-rounds": 3}
+    run = make_run(tmp_path, name, base | (config or {}), ledger, [{"round": 1}, final])
+    np.savez(run / "global_model.npz", w=np.zeros(2))
+    return run
+
+
+def test_table_from_finished_runs(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    _finished_run(sweep, "none", 0.5)
+    _finished_run(
+        sweep,
+        "interaction-8",
+        0.45,
+        {"dp-interaction": True},
+        [ledger_line(r, interaction(1.0, 6.0 + r / 10, 7.5 + r / 10, 3), OFF) for r in (1, 2, 3)],
+    )
+    _finished_run(
+        sweep,
+        "user-8",
+        0.2,
+        {"dp-user": True},
+        [ledger_line(r, OFF, user(2.0 * r, r)) for r in (1, 2, 3)],
+    )
+    # Every requested row is finished: nothing is simulated, the table is built.
+    assert main(["--out", str(sweep), "--only", "none,interaction-8,user-8"]) == 0
+    table = {r["row"]: r for r in json.loads((sweep / "table.json").read_text())}
+    assert table["none"]["hr10"] == 0.5 and "epsilon" not in table["none"]
+    assert table["interaction-8"]["epsilon"] == 7.8  # the max over devices and rounds
+    assert table["interaction-8"]["devices_at_cap"] == 3
+    assert table["user-8"]["epsilon"] == 6.0 and table["user-8"]["noise_multiplier"] == 1.0
+    markdown = (sweep / "table.md").read_text()
+    assert "| interaction-8 | interaction | 8 | 7.80 |" in markdown
+    assert markdown.rstrip().endswith("| 0.40 |")  # user-8 HR@10 / no DP = 0.2 / 0.5
+    assert (sweep / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
+    assert "interaction-8" in capsys.readouterr().out
+
+
+def test_unknown_row_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--only", "interaction-2"])
+    assert "unknown rows ['interaction-2']" in capsys.readouterr().err
