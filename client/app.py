@@ -13,7 +13,7 @@ from flwr.app import Array, ArrayRecord, Context, RecordDict
 from flwr.client import ClientApp, NumPyClient
 
 from client import local, on_device
-from client.mods import user_clipping_mod
+from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
 from shared.config import RunConfig
 from shared.privacy import TRAINED, PrivacyHistory
 from shared.split import UserData, split_for
@@ -107,4 +107,5 @@ def client_fn(context: Context):
     return DeviceClient(config, split.user_data(user_id), user_id, context.state).to_client()
 
 
-app = ClientApp(client_fn=client_fn, mods=[user_clipping_mod])
+# Order matters: SecAgg+ must mask the update AFTER it is clipped (DESIGN.md §6).
+app = ClientApp(client_fn=client_fn, mods=[fault_injection_mod, secagg_mod, user_clipping_mod])

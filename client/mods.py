@@ -1,10 +1,25 @@
-"""Client mods: behaviour added around the ClientApp without touching the training code."""
+"""Client mods: behaviour added around the ClientApp without touching the training code.
+
+The ClientApp's mods are fixed when it is built, so each one acts only on the messages meant for
+it: ``[fault_injection_mod, secagg_mod, user_clipping_mod]``. SecAgg+ wraps the clipping mod, so
+clipping sees the plain update and SecAgg+ masks the clipped one (the order DESIGN.md §6 requires).
+"""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
+from flwr.client.mod import secaggplus_mod
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS,
+    RECORD_KEY_STATE,
+    Key,
+    Stage,
+)
 from flwr.compat.common.recorddict_compat import (
     fitres_to_recorddict,
     recorddict_to_fitins,
@@ -13,33 +28,99 @@ from flwr.compat.common.recorddict_compat import (
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from shared.privacy import clip_update
+from shared.secagg import BOUND_KEY, CLIPPED_METRIC, STAGES, parse_fault, quantizer_clip_count
+
+_STAGE_NAMES = dict(zip(Stage.all(), STAGES, strict=True))  # Flower's names -> ours
+
+
+def secagg_mod(msg: Message, ctxt: Context, call_next) -> Message:
+    """Flower's ``secaggplus_mod``, only on messages of a SecAgg+ round.
+
+    ``secaggplus_mod`` raises KeyError on any training message without its config record, so on
+    its own it would break every run without SecAgg+; this guard makes one ClientApp serve both.
+    """
+    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
 
 
 def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
-    """DP-FedAvg's device step: clip the whole update to the norm S the server sends.
+    """Clip the whole update before it leaves the device (DP-FedAvg's device step, and SecAgg+).
 
-    It acts only on training messages that carry a norm (runs with user-level DP), since mods are
-    fixed when the ClientApp is built. Flower's ``fixedclipping_mod`` does the same but raises
-    when no norm is sent and divides by zero on a zero update (a device that declined to train).
-    Under SecAgg+ the order is ``[secaggplus_mod, user_clipping_mod]``: clipping sees the plain
-    update, before it is masked.
+    Acts only on training messages carrying a bound: the user-level clip norm S (runs with
+    user-level DP) and/or the SecAgg+ bound. Flower's ``fixedclipping_mod`` does the same but
+    raises when no norm is sent and divides by zero on a zero update (a device that declined).
+
+    Under SecAgg+ the reply becomes the clipped UPDATE itself, in float64, with weight 1: the
+    derived quantizer (:mod:`shared.secagg`) can then neither clip nor wrap, and the server,
+    which sees only the sum, adds it to the model. The mod also counts the coordinates that
+    SecAgg+'s quantizer would clip, with the parameters its setup stage delivered (0 by
+    construction), and reports the count in plaintext (it says nothing about the data).
     """
     if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
         return call_next(msg, ctxt)
     fit_ins = recorddict_to_fitins(msg.content, keep_input=True)
-    if KEY_CLIPPING_NORM not in fit_ins.config:
+    norm, bound = fit_ins.config.get(KEY_CLIPPING_NORM), fit_ins.config.get(BOUND_KEY)
+    if norm is None and bound is None:
         return call_next(msg, ctxt)
     reply = call_next(msg, ctxt)
     if reply.has_error():
         return reply
     fit_res = recorddict_to_fitres(reply.content, keep_input=True)
     sent = parameters_to_ndarrays(fit_ins.parameters)
-    update = [
-        new - old for new, old in zip(parameters_to_ndarrays(fit_res.parameters), sent, strict=True)
-    ]
-    clipped, _ = clip_update(update, float(fit_ins.config[KEY_CLIPPING_NORM]))
-    fit_res.parameters = ndarrays_to_parameters(
-        [old + c for old, c in zip(sent, clipped, strict=True)]
-    )
+    new = parameters_to_ndarrays(fit_res.parameters)
+    if bound is None:
+        update = [n - old for n, old in zip(new, sent, strict=True)]
+        clipped, _ = clip_update(update, float(norm))
+        fit_res.parameters = ndarrays_to_parameters(
+            [old + c for old, c in zip(sent, clipped, strict=True)]
+        )
+    else:
+        update = [n.astype(np.float64) - old for n, old in zip(new, sent, strict=True)]
+        if not all(np.isfinite(u).all() for u in update):
+            # NaN would quantize to garbage that no check could see in the sum: drop out instead.
+            raise ValueError("the local update is not finite: this device drops out of the round")
+        limit = float(bound) if norm is None else min(float(bound), float(norm))
+        clipped, _ = clip_update(update, limit)
+        fit_res.parameters = ndarrays_to_parameters(clipped)
+        fit_res.num_examples = 1  # uniform weights; the server sees this count in plaintext
+        fit_res.metrics[CLIPPED_METRIC] = _quantizer_clips(ctxt, clipped)
     reply.content = fitres_to_recorddict(fit_res, keep_input=True)
     return reply
+
+
+def _quantizer_clips(ctxt: Context, update: list[np.ndarray]) -> int:
+    state = ctxt.state.config_records.get(RECORD_KEY_STATE)
+    if state is None or "clipping_range" not in state:
+        raise RuntimeError(
+            "the server asked for a SecAgg+ update outside a SecAgg+ round: the ClientApp's mods "
+            "must be [secagg_mod, user_clipping_mod] in this order"
+        )
+    return quantizer_clip_count(
+        update,
+        float(state["clipping_range"]),
+        int(state["target_range"]),
+        1.0,
+        float(state["max_weight"]),
+    )
+
+
+def fault_injection_mod(msg: Message, ctxt: Context, call_next) -> Message:
+    """TEST ONLY: make chosen devices fail at a chosen SecAgg+ stage (``test-secagg-fault``).
+
+    Inactive unless the run sets ``test-secagg-fault`` (empty by default). A failing device
+    raises, or with ``:hang`` sleeps past ``secagg-timeout`` first, as a crashed or silent device
+    would; the server must carry on with the survivors or skip the round.
+    """
+    spec = str(ctxt.run_config.get("test-secagg-fault", ""))
+    if not spec or not msg.has_content() or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, ctxt)
+    stage = _STAGE_NAMES.get(str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)))
+    device = int(ctxt.node_config.get("partition-id", -1))
+    server_round = int(msg.metadata.group_id)
+    for fault_round, fault_stage, ids, mode in parse_fault(spec):
+        if (fault_round, fault_stage) == (server_round, stage) and device in ids:
+            if mode == "hang":
+                time.sleep(2 * float(ctxt.run_config["secagg-timeout"]) + 1)
+            raise RuntimeError(f"test fault: device {device} fails in {stage} ({server_round})")
+    return call_next(msg, ctxt)

@@ -10,6 +10,7 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
+from server.secagg import GuardedSecAggPlusWorkflow
 from server.strategy import ConfideStrategy, build_aggregator
 from server.validation import ReplyValidator
 from shared.config import RunConfig
@@ -54,7 +55,9 @@ def main(grid: Grid, context: Context) -> None:
         config=ServerConfig(num_rounds=config.num_server_rounds),
         strategy=strategy,
     )
-    DefaultWorkflow()(grid, legacy)
+    plan = config.secagg_plan()  # parameters derived so that nothing can clip or wrap around
+    fit_workflow = None if plan is None else GuardedSecAggPlusWorkflow(plan, strategy.secagg_stage)
+    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
 
     final = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
     run_dir.save_model(names, final)

@@ -7,6 +7,7 @@ validation of every reply (:mod:`server.validation`) and one metrics record per 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from importlib import metadata
 from logging import INFO, WARNING
@@ -31,11 +32,13 @@ from flwr.server.strategy import FedAdam, FedAvgM, Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from server.aggregation import ItemSumFedAvg
+from server.secagg import clipped_fraction, unmasked_mean
 from server.user_dp import UserLevelDP
 from server.validation import InvalidReply, ReplyValidator
 from shared.config import RunConfig
 from shared.privacy import BUDGET_EXHAUSTED
 from shared.rundir import RunDirectory
+from shared.secagg import BOUND_KEY
 from shared.training import METRIC_KEYS
 
 
@@ -89,6 +92,7 @@ class ConfideStrategy(Strategy):
         self.stopped: str | None = None
         self.device_epsilons: list[float] = []
         self.nodes_at_cap: set[int] = set()  # distinct devices that declined, whole run
+        self.secagg = config.secagg_plan()  # None without SecAgg+
 
     # -- sampling ---------------------------------------------------------------------------
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -107,21 +111,43 @@ class ConfideStrategy(Strategy):
         size = max(min(wanted, available), self.config.min_fit_clients)
         return client_manager.sample(num_clients=size, min_num_clients=size)
 
+    def _fit_cohort(self, client_manager: ClientManager) -> list[ClientProxy]:
+        wanted = self.config.clients_per_round or int(
+            client_manager.num_available() * self.config.fraction_fit
+        )
+        if self.secagg is not None and wanted > self.secagg.max_cohort:
+            # The modulus is derived for at most max_cohort devices: never sample more.
+            log(
+                WARNING,
+                "cohort of %d capped at secagg-max-cohort %d",
+                wanted,
+                self.secagg.max_cohort,
+            )
+            wanted = self.secagg.max_cohort
+        return self._cohort(client_manager, wanted)
+
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.current = parameters_to_ndarrays(parameters)
         self.record = {"round": server_round}
         self.round_started = time.monotonic()
-        available = client_manager.num_available()
         config: dict[str, Scalar] = {"server-round": server_round}
         if self.config.dp_user:
             cohort = self._user_dp_cohort(server_round, client_manager)
             config[KEY_CLIPPING_NORM] = self.config.dp_user_clip_norm
         else:
-            wanted = self.config.clients_per_round or int(available * self.config.fraction_fit)
-            cohort = self._cohort(client_manager, wanted)
+            cohort = self._fit_cohort(client_manager)
         self.record["fit_sampled"] = len(cohort)
+        if self.secagg is not None:
+            config[BOUND_KEY] = self.secagg.bound
+            if len(cohort) > self.secagg.max_cohort:  # Poisson sampling drew too many
+                self.record["skipped"] = (
+                    f"{len(cohort)} devices sampled, more than secagg-max-cohort "
+                    f"{self.secagg.max_cohort} that the SecAgg+ modulus allows"
+                )
+                log(WARNING, "round %d skipped: %s", server_round, self.record["skipped"])
+                return []
         if not cohort and "stopped" not in self.record:
             self.record["skipped"] = "no clients sampled"
         fit_ins = FitIns(parameters, config)
@@ -149,6 +175,9 @@ class ConfideStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        if self.record:
+            # Proof that a skipped round left the model byte for byte as it was.
+            self.record["model_sha256"] = model_digest(parameters_to_ndarrays(parameters))
         last = server_round == self.config.num_server_rounds
         if server_round % self.config.eval_every and not last:
             self._finish_round()
@@ -164,7 +193,19 @@ class ConfideStrategy(Strategy):
         return [(client, eval_ins) for client in cohort]
 
     # -- aggregation ------------------------------------------------------------------------
+    def secagg_stage(self, stage: str, active: int, halt: str | None) -> None:
+        """Called by the SecAgg+ workflow after each stage; a halted round leaves the model."""
+        if "skipped" in self.record or "stopped" in self.record:
+            return  # already explained (nothing sampled, too many sampled, run stopped)
+        self.record.setdefault("secagg_active", {})[stage] = active
+        self.record["fit_failures"] = self.record.get("fit_sampled", 0) - active
+        if halt is not None:
+            self.record["skipped"] = f"{halt}: global model unchanged"
+            log(WARNING, "round %s: %s", self.record.get("round"), self.record["skipped"])
+
     def aggregate_fit(self, server_round, results, failures):
+        if self.secagg is not None:
+            return self._aggregate_secagg(server_round, results, failures)
         valid: list[tuple[ClientProxy, FitRes, list[np.ndarray]]] = []
         for proxy, reply in results:
             try:
@@ -191,25 +232,10 @@ class ConfideStrategy(Strategy):
             fit_failures=len(failures),
             budget_exhausted=len(valid) - len(trained),
         )
-        # A device's reported ε is only recorded, never trusted for anything else; junk is dropped.
-        self.device_epsilons = [
-            float(eps)
-            for _, r, _ in valid
-            if isinstance(eps := r.metrics.get("dp_epsilon"), (int, float)) and 0 <= eps < 1e6
-        ]
-        self.nodes_at_cap |= {
-            proxy.node_id for proxy, r, _ in valid if r.metrics.get("dp_status") == BUDGET_EXHAUSTED
-        }
+        self._note_devices([(proxy, reply) for proxy, reply, _ in valid])
         if not trained:
-            self.record["skipped"] = "no valid trained replies: global model unchanged"
-            log(WARNING, "round %d: no valid trained replies, global model unchanged", server_round)
-            return None, {}
-        losses = [
-            (r.num_examples, float(r.metrics["loss"])) for _, r, _ in trained if "loss" in r.metrics
-        ]
-        if losses:
-            weights, values = zip(*losses, strict=True)
-            self.record["train_loss"] = float(np.average(values, weights=weights))
+            return self._skip(server_round, "no valid trained replies")
+        self._note_loss([reply for _, reply, _ in trained])
         if self.user_dp is not None:
             trained = [self._noised_average(server_round, trained)]
         parameters, _ = self.aggregator.aggregate_fit(
@@ -217,6 +243,87 @@ class ConfideStrategy(Strategy):
         )
         self.record["fit_seconds"] = round(time.monotonic() - self.round_started, 3)
         return parameters, {}
+
+    def _note_devices(self, replies: list[tuple[ClientProxy, FitRes]]) -> None:
+        # A device's reported ε is only recorded, never trusted for anything else; junk is dropped.
+        self.device_epsilons = [
+            float(eps)
+            for _, r in replies
+            if isinstance(eps := r.metrics.get("dp_epsilon"), (int, float)) and 0 <= eps < 1e6
+        ]
+        self.nodes_at_cap |= {
+            proxy.node_id for proxy, r in replies if r.metrics.get("dp_status") == BUDGET_EXHAUSTED
+        }
+
+    def _note_loss(self, trained: list[FitRes]) -> None:
+        losses = [
+            (r.num_examples, float(r.metrics["loss"])) for r in trained if "loss" in r.metrics
+        ]
+        if losses:
+            weights, values = zip(*losses, strict=True)
+            self.record["train_loss"] = float(np.average(values, weights=weights))
+
+    def _skip(self, server_round: int, reason: str) -> tuple[None, dict]:
+        self.record["skipped"] = f"{reason}: global model unchanged"
+        log(WARNING, "round %d: %s, global model unchanged", server_round, reason)
+        return None, {}
+
+    def _aggregate_secagg(self, server_round, results, failures):
+        """SecAgg+: every result carries the same unmasked mean of the devices' clipped updates.
+
+        Nothing per device can be validated (the server never sees an update); the aggregate is
+        checked instead. A device at its DP budget sent a zero update that is in the sum, so the
+        sum is divided by the devices that trained (or, under user-level DP, noised and divided
+        by the fixed q N): the same rule as without SecAgg+.
+        """
+        contributors = len(results)
+        self._note_devices(results)
+        trained = [r for _, r in results if r.metrics.get("dp_status") != BUDGET_EXHAUSTED]
+        self.record.update(
+            fit_replies=contributors,
+            fit_rejected=0,
+            budget_exhausted=contributors - len(trained),
+            secagg_survivors=contributors,
+            secagg_dropped=self.record.get("fit_sampled", 0) - contributors,
+        )
+        try:
+            mean = unmasked_mean(results, [a.shape for a in self.current], self.secagg)
+            self.record["secagg_clipped_fraction"] = clipped_fraction(
+                results, sum(a.size for a in self.current)
+            )
+        except InvalidReply as err:
+            return self._skip(server_round, f"SecAgg+ aggregate rejected: {err}")
+        if self.record["secagg_clipped_fraction"] > 0:
+            log(WARNING, "round %d: the SecAgg+ quantizer clipped coordinates", server_round)
+        if not trained:
+            return self._skip(server_round, "no device trained")
+        self._note_loss(trained)
+        total = [m * contributors for m in mean]
+        if self.user_dp is not None:
+            update = self.user_dp.aggregate_sum(total, self.population, server_round)
+            cohort = self.user_dp.sample_rate(self.population) * self.population
+        else:
+            update = [t / len(trained) for t in total]
+            cohort = len(trained)
+        proxy, reply, _ = self._synthetic(results[0][0], update, cohort)
+        parameters, _ = self.aggregator.aggregate_fit(server_round, [(proxy, reply)], failures)
+        self.record["fit_seconds"] = round(time.monotonic() - self.round_started, 3)
+        return parameters, {}
+
+    def _synthetic(self, proxy: ClientProxy, average: list[np.ndarray], cohort: float) -> tuple:
+        """One reply carrying current + the round's average update, for the aggregator.
+
+        The aggregator (FedAvg, FedAdam) then treats it as the round's average, so the server
+        optimizer runs unchanged on top of it; item-sum scales item rows by ``cohort``.
+        """
+        new = [
+            (old + delta).astype(old.dtype)
+            for old, delta in zip(self.current, average, strict=True)
+        ]
+        if isinstance(self.aggregator, ItemSumFedAvg):
+            self.aggregator.cohort_size = cohort
+        reply = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 1, {})
+        return proxy, reply, new
 
     def _noised_average(self, server_round: int, trained: list) -> tuple:
         """DP-FedAvg: one synthetic reply carrying current + noised average update.
@@ -231,17 +338,8 @@ class ConfideStrategy(Strategy):
         average = self.user_dp.aggregate(
             updates, [a.shape for a in self.current], self.population, server_round
         )
-        new = [
-            (old + delta).astype(old.dtype)
-            for old, delta in zip(self.current, average, strict=True)
-        ]
-        if isinstance(self.aggregator, ItemSumFedAvg):
-            self.aggregator.cohort_size = (
-                self.user_dp.sample_rate(self.population) * self.population
-            )
-        proxy = trained[0][0]
-        reply = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 1, {})
-        return proxy, reply, new
+        cohort = self.user_dp.sample_rate(self.population) * self.population
+        return self._synthetic(trained[0][0], average, cohort)
 
     def aggregate_evaluate(
         self,
@@ -344,9 +442,42 @@ class ConfideStrategy(Strategy):
                 else ("stopped" if "stopped" in self.record else "aggregated"),
             )
         entry.update(
-            interaction_level=interaction, user_level=user, library_versions=library_versions()
+            interaction_level=interaction,
+            user_level=user,
+            secure_aggregation=self._secagg_entry(),
+            library_versions=library_versions(),
         )
         return entry
+
+    def _secagg_entry(self) -> dict:
+        """SecAgg+ is not DP: recorded beside the DP units so a reviewer sees what ran."""
+        if self.secagg is None:
+            return {"enabled": False}
+        plan = self.secagg
+        return {
+            "enabled": True,
+            "bound": plan.bound,
+            "num_shares": plan.num_shares,
+            "reconstruction_threshold": plan.reconstruction_threshold,
+            "clipping_range": plan.clipping_range,
+            "quantization_range": plan.quantization_range,
+            "modulus_range": plan.modulus_range,
+            "max_cohort": plan.max_cohort,
+            "survivors": self.record.get("secagg_survivors", 0),
+            "clipped_fraction": self.record.get("secagg_clipped_fraction"),
+            "status": f"skipped: {self.record['skipped']}"
+            if "skipped" in self.record
+            else ("stopped" if "stopped" in self.record else "aggregated"),
+        }
+
+
+def model_digest(arrays: list[np.ndarray]) -> str:
+    """SHA-256 over every global array's dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -15,6 +15,13 @@ Fewer replies than sampled (dropouts, failures, rejected or budget-exhausted dev
 the accounting: the sampling already happened and the denominator stays q N, so the noise still
 covers any one user's contribution; the average is just smaller. Every sampled round is accounted,
 also one that is then skipped (conservative).
+
+Under SecAgg+ the server never sees a single update, so it cannot clip again: the devices' clip
+(enforced by ``client.mods.user_clipping_mod`` before masking) is the only one, and the noise is
+added to the unmasked sum (:meth:`UserLevelDP.aggregate_sum`). A SecAgg+ round that halts
+released nothing computed from the updates (no noised sum exists), yet it is still accounted like
+any other sampled round: ε stays an upper bound, and dropouts an adversary could provoke never
+lower the reported ε.
 """
 
 from __future__ import annotations
@@ -41,6 +48,17 @@ def noisy_average(
     for update in updates:
         for acc, part in zip(total, clip_update(update, clip_norm)[0], strict=True):
             acc += part
+    return noised_sum(total, clip_norm, noise_multiplier, denominator, rng)
+
+
+def noised_sum(
+    total: Sequence[np.ndarray],
+    clip_norm: float,
+    noise_multiplier: float,
+    denominator: float,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """(sum of already clipped updates + N(0, (z S)^2)) / denominator, coordinate-wise."""
     std = noise_multiplier * clip_norm
     return [(acc + rng.normal(0.0, std, size=acc.shape)) / denominator for acc in total]
 
@@ -121,6 +139,14 @@ class UserLevelDP:
         return noisy_average(
             updates, shapes, self.clip_norm, self.noise_multiplier, denominator, rng
         )
+
+    def aggregate_sum(
+        self, total: Sequence[np.ndarray], population: int, server_round: int
+    ) -> list[np.ndarray]:
+        """The noised, fixed-denominator average from a sum of device-clipped updates (SecAgg+)."""
+        rng = np.random.default_rng((self.seed, 7, server_round))
+        denominator = self.sample_rate(population) * population
+        return noised_sum(total, self.clip_norm, self.noise_multiplier, denominator, rng)
 
     def noise_stddev(self, population: int) -> float:
         """Std of the noise on the average: z S / (q N)."""

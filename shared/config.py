@@ -18,6 +18,7 @@ from typing import Any
 from shared.data import DATASETS
 from shared.models import MODELS
 from shared.privacy import ACCOUNTANTS
+from shared.secagg import SecAggConfigError, SecAggPlan, parse_fault, plan_secagg
 
 STRATEGIES = ("fedavg", "fedadam", "itemsum")
 OPTIMIZERS = ("adam", "sgd")
@@ -82,12 +83,32 @@ class RunConfig:
     dp_user_target_epsilon: float
     dp_user_delta: float
     dp_user_epsilon_cap: float
+    # secure aggregation (SecAgg+)
+    secagg: bool
+    secagg_num_shares: int
+    secagg_reconstruction_threshold: int
+    secagg_timeout: float
+    secagg_update_bound: float
+    secagg_max_cohort: int
+    test_secagg_fault: str  # TEST ONLY: fault injection (see shared.secagg.parse_fault)
     # output
     out_dir: str
 
     def local_learning_rate(self, server_round: int) -> float:
         """The devices' learning rate in a round: decays geometrically from round 1."""
         return self.learning_rate * self.learning_rate_decay ** (server_round - 1)
+
+    def secagg_plan(self) -> SecAggPlan | None:
+        """The derived SecAgg+ parameters (None when SecAgg+ is off); raises if unsafe."""
+        if not self.secagg:
+            return None
+        return plan_secagg(
+            self.dp_user_clip_norm if self.dp_user else self.secagg_update_bound,
+            self.secagg_max_cohort,
+            self.secagg_num_shares,
+            self.secagg_reconstruction_threshold,
+            self.secagg_timeout,
+        )
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -145,6 +166,7 @@ class RunConfig:
         self._require(("fraction_fit", "learning_rate_decay"), lambda v: 0 < v <= 1, "in (0, 1]")
         self._require(("dp_delta", "dp_user_delta"), lambda v: 0 < v < 1, "in (0, 1)")
         self._validate_privacy()
+        self._validate_secagg()
 
     def _require(self, keys: tuple[str, ...], ok, requirement: str) -> None:
         for key in keys:
@@ -165,12 +187,44 @@ class RunConfig:
                 "set: with no noise there is no privacy; set one of them"
             )
 
+    def _validate_secagg(self) -> None:
+        try:
+            parse_fault(self.test_secagg_fault)
+        except ValueError as err:
+            raise ConfigError(f"test-secagg-fault: {err}") from None
+        if not self.secagg:
+            return
+        try:
+            plan = self.secagg_plan()
+        except SecAggConfigError as err:
+            raise ConfigError(str(err)) from None
+        fixed = self.clients_per_round and not self.dp_user  # a fixed cohort size is known now
+        if fixed and self.clients_per_round > plan.max_cohort:
+            raise ConfigError(
+                f"clients-per-round {self.clients_per_round} exceeds secagg-max-cohort "
+                f"{plan.max_cohort}: the masked sum could wrap around; set secagg-max-cohort = "
+                f"{self.clients_per_round} (the modulus is derived from it) or fewer clients"
+            )
+        if self.min_fit_clients > plan.max_cohort:
+            raise ConfigError(
+                f"min-fit-clients {self.min_fit_clients} exceeds secagg-max-cohort "
+                f"{plan.max_cohort}: set secagg-max-cohort = {self.min_fit_clients} or lower it"
+            )
+        threshold = plan.reconstruction_threshold
+        if fixed and max(self.clients_per_round, self.min_fit_clients) < threshold:
+            raise ConfigError(
+                f"clients-per-round {self.clients_per_round} is below "
+                f"secagg-reconstruction-threshold {plan.reconstruction_threshold}: no round "
+                f"could complete; use clients-per-round >= {plan.reconstruction_threshold}"
+            )
+
 
 _AT_LEAST_ONE = (
     *("synthetic_users", "synthetic_items", "eval_negatives", "embedding_dim"),
     *("num_server_rounds", "min_fit_clients", "eval_every", "max_num_examples"),
     *("local_epochs", "batch_size", "centralized_epochs", "centralized_batch_size"),
     "dp_planned_participations",
+    *("secagg_num_shares", "secagg_reconstruction_threshold", "secagg_max_cohort"),
 )
 _NON_NEGATIVE = (
     *("num_items", "train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
@@ -180,7 +234,7 @@ _NON_NEGATIVE = (
 _POSITIVE = (
     *("learning_rate", "centralized_learning_rate", "server_learning_rate"),
     *("personalize_learning_rate", "max_update_norm", "server_adam_tau"),
-    *("dp_max_grad_norm", "dp_user_clip_norm"),
+    *("dp_max_grad_norm", "dp_user_clip_norm", "secagg_timeout", "secagg_update_bound"),
 )
 
 

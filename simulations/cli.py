@@ -1,5 +1,6 @@
 """The ``confide`` command: ``simulate`` (Flower simulation), ``centralized`` (baseline),
-``report`` (privacy-budget report of a run directory) and ``certs`` (deployment credentials)."""
+``report`` (privacy-budget report of a run directory), ``certs`` (deployment credentials) and
+``audit item-inference`` (what a curious server learns about a user's items)."""
 
 from __future__ import annotations
 
@@ -82,8 +83,19 @@ def main(argv: list[str] | None = None) -> int:
         help="name or IP address SuperNodes reach the SuperLink by (repeatable)",
     )
     certs.add_argument("--devices", default="3", help="a count (device-0..) or names: a,b,c")
+    audit = commands.add_parser("audit", help="privacy audits").add_subparsers(
+        dest="audit", required=True
+    )
+    inference = audit.add_parser(
+        "item-inference", help="can a curious server recover users' items from their updates?"
+    )
+    inference.add_argument("run_dir", nargs="?", help="a finished run (else: --config)")
+    _add_config_args(inference)
+    inference.add_argument("--cohorts", default="10,100", help="SecAgg+ cohort sizes to audit")
+    inference.add_argument("--users", type=int, default=0, help="audit only N users (0: all)")
     args = parser.parse_args(argv)
-
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "certs":
         return _certs(args.dir, args.host, args.devices)
     if args.command == "report":  # reads a finished run: no config to resolve
@@ -120,6 +132,24 @@ def _certs(directory: str, hosts: list[str], devices: str) -> int:
         f"SuperLink: --ssl-ca-certfile {creds.ca_cert} --ssl-certfile {creds.server_cert} "
         f"--ssl-keyfile {creds.server_key}; keep {creds.ca_key} offline"
     )
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from simulations.audit import load_run, run_item_inference
+
+    try:
+        if args.run_dir:
+            config, model = load_run(Path(args.run_dir))
+            out = Path(args.out or args.run_dir)
+        else:
+            config, _ = resolve_config(args.config, args.set, args.out)
+            model, out = None, Path(args.out or "runs/audit")
+        cohorts = [int(k) for k in args.cohorts.split(",")]
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"confide: audit error: {err}", file=sys.stderr)
+        return 2
+    run_item_inference(config, model, out, cohorts, args.users)
     return 0
 
 

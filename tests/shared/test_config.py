@@ -95,3 +95,38 @@ def test_config_file_errors(tmp_path):
     nested.write_text("[tool]\nx = 1\n")
     with pytest.raises(ConfigError, match="flat key"):
         load_toml(nested)
+
+
+def test_secagg_parameters_are_derived_from_the_bound():
+    config = RunConfig.from_mapping(defaults() | {"secagg": True})
+    plan = config.secagg_plan()
+    assert plan.bound == config.secagg_update_bound and plan.clipping_range >= plan.bound
+    with_dp = RunConfig.from_mapping(defaults() | {"secagg": True, "dp-user": True})
+    assert with_dp.secagg_plan().bound == with_dp.dp_user_clip_norm  # S bounds the update
+    assert RunConfig.from_mapping(defaults()).secagg_plan() is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message", "fix"),
+    [
+        ({"secagg-num-shares": 6}, "odd", {"secagg-num-shares": 7}),
+        ({"secagg-reconstruction-threshold": 7}, "4 <= threshold <= 6", {}),
+        ({"secagg-timeout": float("inf")}, "finite", {"secagg-timeout": 120.0}),
+        # a cohort larger than the modulus was derived for could wrap around
+        ({"clients-per-round": 1500}, "secagg-max-cohort = 1500", {"secagg-max-cohort": 1500}),
+        # a cohort below the threshold could never complete a round
+        ({"clients-per-round": 3}, "clients-per-round >= 4", {"clients-per-round": 4}),
+        ({"secagg-max-cohort": 10**7}, r"secagg-max-cohort <= \d+", {"secagg-max-cohort": 10**6}),
+    ],
+)
+def test_unsafe_secagg_config_refused_at_setup_naming_what_works(changes, message, fix):
+    values = defaults() | {"secagg": True} | changes
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.from_mapping(values)
+    if fix:  # the suggested value is accepted
+        assert RunConfig.from_mapping(values | fix).secagg
+
+
+def test_fault_injection_key_is_validated():
+    with pytest.raises(ConfigError, match="test-secagg-fault"):
+        RunConfig.from_mapping(defaults() | {"test-secagg-fault": "1:nowhere:0"})

@@ -1,0 +1,114 @@
+"""``confide audit item-inference``: run the honest-but-curious server's attack on real updates.
+
+The updates are produced in-process by the devices' own training code (``client.local.train``,
+seeded per device and round, exactly as in a simulation), one local round per user from one
+global model: the final model of a finished run (RUN_DIR), or the initial model of a config.
+What the server sees is then reproduced without running the protocol: without SecAgg+ each
+device's (clipped) update, with SecAgg+ the sum over a cohort, which is what SecAgg+ outputs (the
+end-to-end tests check it equals the plain sum to 1e-4). The attack itself is in
+:mod:`server.audit`. A device starts from a fresh private embedding here (seeded as in round 1),
+not from the one it trained during the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from client import local
+from server.audit import audit, table
+from shared.config import RunConfig
+from shared.models import build_model, global_arrays, global_names
+from shared.privacy import clip_update
+from shared.rundir import CONFIG_FILE, MODEL_FILE
+from shared.split import split_for
+
+AUDIT_FILE = "audit.json"
+
+
+def load_run(run_dir: Path) -> tuple[RunConfig, list[np.ndarray]]:
+    """A finished run's config and final global model."""
+    config_path, model_path = run_dir / CONFIG_FILE, run_dir / MODEL_FILE
+    if not (config_path.exists() and model_path.exists()):
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished run: it needs {CONFIG_FILE} and {MODEL_FILE}"
+        )
+    values = json.loads(config_path.read_text())
+    values.pop("kind", None)
+    config = RunConfig.from_mapping(values)
+    names = global_names(_model(config))
+    with np.load(model_path) as saved:
+        return config, [saved[name] for name in names]
+
+
+def _model(config: RunConfig):
+    split = split_for(config)
+    return build_model(
+        config.model,
+        1,
+        split.num_items,
+        dim=config.embedding_dim,
+        mlp_layers=config.layers,
+        seed=config.seed,
+    )
+
+
+def run_item_inference(
+    config: RunConfig,
+    model: list[np.ndarray] | None,
+    out_dir: Path,
+    cohorts: list[int],
+    max_users: int = 0,
+) -> list[dict]:
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    split = split_for(config)
+    fresh = _model(config)
+    names = global_names(fresh)
+    server_round = 1 if model is None else config.num_server_rounds + 1
+    model = global_arrays(fresh) if model is None else model
+    item_tables = [i for i, name in enumerate(names) if name.startswith("item_")]
+    # The device's own clip, if any: the user-level S, or the SecAgg+ bound.
+    bound = (
+        config.dp_user_clip_norm
+        if config.dp_user
+        else (config.secagg_update_bound if config.secagg else None)
+    )
+    rng = np.random.default_rng((config.seed, 12))
+    users = rng.permutation(split.num_users)[: max_users or None].tolist()  # cohort order
+    truth = {u: split.user_data(u).train_items for u in users}
+    popularity = np.bincount(
+        np.concatenate([split.user_data(u).train_items for u in range(split.num_users)]),
+        minlength=split.num_items,
+    ).astype(np.float64)
+
+    def updates() -> Iterator[tuple[int, list[np.ndarray]]]:
+        for user in users:
+            result = local.train(config, split.user_data(user), user, server_round, model, None)
+            update = [
+                n.astype(np.float64) - o for n, o in zip(result.global_arrays, model, strict=True)
+            ]
+            yield user, (update if bound is None else clip_update(update, bound)[0])
+
+    rows = audit(updates(), truth, item_tables, popularity, cohorts, seed=config.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "attack": "score items by the change of their embedding rows (server.audit), guess "
+        "the top n, n = the user's number of training items; precision@n per user",
+        "model": "initial" if server_round == 1 else f"final model after {server_round - 1} rounds",
+        "dataset": config.dataset,
+        "num_items": split.num_items,
+        "users": len(users),
+        "device_clip": bound,
+        "rows": rows,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (out_dir / AUDIT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    print(table(rows))
+    print(f"[confide] audit of {len(users)} users written to {out_dir / AUDIT_FILE}")
+    return rows

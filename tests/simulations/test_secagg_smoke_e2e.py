@@ -1,0 +1,35 @@
+"""The shipped SecAgg+ smoke config end to end, with user-level DP, and a halted round under DP."""
+
+import pytest
+
+from shared.privacy import epsilon
+from tests.conftest import read_jsonl, run_confide
+
+
+@pytest.mark.slow
+def test_smoke_secagg_runs_and_a_halted_round_is_in_the_ledger(tmp_path):
+    out = tmp_path / "run"
+    every_device = ",".join(str(i) for i in range(30))
+    code, log = run_confide(
+        "simulate",
+        "--config",
+        "simulations/smoke-secagg.toml",
+        "--out",
+        str(out),
+        # round 1: every sampled device fails before sending its masked update: halted
+        settings={"test-secagg-fault": f'"1:collect:{every_device}"'},
+    )
+    assert code == 0, log[-3000:]
+    assert "run status: finished:completed" in log
+    records = read_jsonl(out / "metrics.jsonl")
+    assert len(records) == 2, log[-3000:]
+    assert "halted at the collect stage" in records[0]["skipped"], records
+    assert "skipped" not in records[1] and records[1]["secagg_clipped_fraction"] == 0.0
+    assert records[1]["secagg_survivors"] == records[1]["fit_sampled"] > 0, records
+    ledger = read_jsonl(out / "privacy_ledger.jsonl")
+    assert ledger[0]["user_level"]["status"].startswith("skipped: secure aggregation halted")
+    assert ledger[0]["secure_aggregation"]["enabled"]
+    # the halted round is still accounted (conservative): two rounds at q = 0.5, z = 1
+    assert ledger[1]["user_level"]["rounds_accounted"] == 2
+    assert ledger[1]["user_level"]["epsilon"] == pytest.approx(epsilon([(1.0, 0.5, 2)], 1e-5))
+    assert ledger[1]["user_level"]["status"] == "aggregated"
