@@ -3,12 +3,12 @@
 Starts a SuperLink (HTTPS, ``--enable-supernode-auth``, its own ``FLWR_HOME``), registers one EC
 key per device, starts 3 SuperNodes whose node config names each device's encrypted store (built
 from a few users of a dataset: synthetic by default, MovieLens with ``--data-dir``), submits the
-app with ``flwr run`` (2 rounds, interaction-level DP on), then asks every device for
+app with ``flwr run`` (2 rounds, interaction-level DP and SecAgg+ on), then asks every device for
 recommendations through its local gRPC agent. Every process it starts is stopped by PID (and
 process group). Prints one JSON line; progress goes to stderr.
 
     python -m simulations.deploy_local                        # synthetic data
-    python -m simulations.deploy_local --data-dir ../shared/data/ml-100k --set secagg=true
+    python -m simulations.deploy_local --data-dir ../shared/data/ml-100k --set secagg=false
 """
 
 from __future__ import annotations
@@ -45,11 +45,16 @@ from simulations.simulate import (
 )
 
 CONNECTION = "confide-deploy"
-# Small and quick unless overridden: 2 rounds, interaction-level DP, every device every round.
+# Small and quick unless overridden: 2 rounds, interaction-level DP, every device every round,
+# under SecAgg+ (3 devices: 3 shares, any 2 of them reconstruct; the cohort can never exceed 3).
 DEPLOY_DEFAULTS = {
     "num-server-rounds": 2,
     "eval-every": 2,  # evaluate (and send devices the final model) after the last round
     "dp-interaction": True,
+    "secagg": True,
+    "secagg-num-shares": 3,
+    "secagg-reconstruction-threshold": 2,
+    "secagg-max-cohort": 3,
     "synthetic-users": 50,
     "synthetic-items": 200,
     "embedding-dim": 8,

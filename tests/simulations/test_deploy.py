@@ -104,6 +104,9 @@ def test_deploy_local_end_to_end(tmp_path):
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
         assert record["fit_replies"] == 3 and record["fit_rejected"] == record["fit_failures"] == 0
+        # every round under SecAgg+: all 3 devices through every stage, nothing clipped
+        assert set(record["secagg_active"].values()) == {3} and record["secagg_survivors"] == 3
+        assert record["secagg_clipped_fraction"] == 0.0
     assert rounds[-1]["eval_clients"] == 3
 
     for device in report["devices"]:
