@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from shared.config import RunConfig
 from shared.privacy import PrivacyHistory, noise_for_target
+from shared.quiet import import_opacus_quietly
 from shared.split import UserData, train_rng, training_examples
 from shared.training import make_optimizer
 
@@ -125,7 +126,8 @@ def train_private(
     """Local DP-SGD in place on ``model``; returns (mean loss, history including this round)."""
     dataset = InteractionGroups(data, config.train_negatives)
     dataset.resample(train_rng(config.seed, user_id, server_round * 1000))
-    from opacus import PrivacyEngine  # after shared.privacy: see shared.quiet
+    import_opacus_quietly()  # on first use only: see shared.quiet and shared.privacy
+    from opacus import PrivacyEngine
 
     lr = config.local_learning_rate(server_round)
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr)

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
 
 import numpy as np
 
 from shared.quiet import import_opacus_quietly
-
-import_opacus_quietly()
-from opacus.accountants import PRVAccountant, RDPAccountant  # noqa: E402
-from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
 
 ACCOUNTANTS = ("rdp", "prv")
 # A device's reply status under interaction-level DP (sent in the fit metrics).
@@ -27,11 +25,22 @@ BUDGET_EXHAUSTED = "budget-exhausted"
 Entry = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
 
 
-def _accountant(name: str) -> RDPAccountant | PRVAccountant:
+@cache
+def _opacus_accountants() -> ModuleType:
+    # Imported on first use: Opacus costs seconds of start-up, and a deployed device starts a
+    # fresh process for every message (most of which, e.g. SecAgg+ stages, never account).
+    import_opacus_quietly()
+    import opacus.accountants
+    import opacus.accountants.utils
+
+    return opacus.accountants
+
+
+def _accountant(name: str):
     if name == "rdp":
-        return RDPAccountant()
+        return _opacus_accountants().RDPAccountant()
     if name == "prv":
-        return PRVAccountant()
+        return _opacus_accountants().PRVAccountant()
     raise ValueError(f"unknown accountant {name!r}: choose one of {', '.join(ACCOUNTANTS)}")
 
 
@@ -52,7 +61,7 @@ def noise_for_target(
     if target_epsilon <= 0:
         raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
     return float(
-        get_noise_multiplier(
+        _opacus_accountants().utils.get_noise_multiplier(
             target_epsilon=target_epsilon,
             target_delta=delta,
             sample_rate=sample_rate,
