@@ -116,9 +116,6 @@ def stop_process_tree(process: subprocess.Popen, timeout: float = 15.0) -> None:
     process.wait(timeout=5)
 
 
-stop_superlink = stop_process_tree
-
-
 def run_simulation(
     config: RunConfig, changed: dict[str, Any], app_dir: Path, *, supernodes: int = 0
 ) -> int:
@@ -214,7 +211,7 @@ def run_simulation(
             subprocess.run([_bin("flwr"), "log", run_id, CONNECTION, "--stream"], env=env)
             status = _run_status(run_id, env)
         finally:
-            stop_superlink(superlink)
+            stop_process_tree(superlink)
             log_file.close()
     return _summarize(status, out_dir)
 
