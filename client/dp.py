@@ -131,10 +131,10 @@ def train_private(
 
     lr = config.local_learning_rate(server_round)
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr)
-    engine = PrivacyEngine(accountant=config.dp_accountant)
     with warnings.catch_warnings():
         # Opacus warns that secure_mode is off: simulation noise is seeded for reproducibility.
         warnings.simplefilter("ignore", UserWarning)
+        engine = PrivacyEngine(accountant=config.dp_accountant)
         module, dp_optimizer, criterion, loader = engine.make_private(
             module=GroupScorer(model),
             optimizer=optimizer,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from types import ModuleType
 
 import numpy as np
@@ -54,10 +54,15 @@ def epsilon(history: Iterable[Entry], delta: float, accountant: str = "rdp") -> 
     return float(acc.get_epsilon(delta=delta))
 
 
+@lru_cache(maxsize=4096)
 def noise_for_target(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
 ) -> float:
-    """The noise multiplier σ that reaches ``target_epsilon`` after ``steps`` steps at rate q."""
+    """The noise multiplier σ that reaches ``target_epsilon`` after ``steps`` steps at rate q.
+
+    Cached: Opacus' search takes seconds, and every round of every device asks again with one
+    of a few (q, steps) pairs (they depend only on its data size).
+    """
     if target_epsilon <= 0:
         raise ValueError(f"target epsilon must be positive, got {target_epsilon}")
     return float(
