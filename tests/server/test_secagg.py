@@ -6,32 +6,16 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from server.strategy import ConfideStrategy, build_aggregator, model_digest
+from server.strategy import model_digest
 from server.user_dp import UserLevelDP
-from server.validation import ReplyValidator
-from shared.models import build_model, global_arrays, global_names
 from shared.privacy import BUDGET_EXHAUSTED, clip_update
-from shared.rundir import RunDirectory
 from shared.secagg import CLIPPED_METRIC
-from tests.conftest import small_config
-from tests.server.test_strategy import FakeProxy
+from tests.server.test_strategy import FakeProxy, make_strategy
 
 
 def _strategy(tmp_path, **changes):
-    config = small_config(out_dir=str(tmp_path / "run"), secagg=True, **changes)
-    model = build_model(config.model, 1, 200, dim=8, mlp_layers=(16, 8), seed=0)
-    names, arrays = global_names(model), global_arrays(model)
-    initial = ndarrays_to_parameters(arrays)
-    validator = ReplyValidator.for_global(names, arrays, max_num_examples=1000, max_update_norm=50)
-    strategy = ConfideStrategy(
-        config,
-        build_aggregator(config, initial, names),
-        validator,
-        initial,
-        RunDirectory.create(config, "federated"),
-    )
-    strategy.record = {"round": 1, "fit_sampled": 4}
-    strategy.round_started = 0.0
+    strategy, arrays, names = make_strategy(tmp_path, secagg=True, **changes)
+    strategy.record["fit_sampled"] = 4
     return strategy, arrays, names
 
 

@@ -33,9 +33,9 @@ def _fit_res(arrays, num_examples=10, metrics=None):
     )
 
 
-@pytest.fixture
-def setup(tmp_path):
-    config = small_config(out_dir=str(tmp_path / "run"), strategy="fedavg")
+def make_strategy(tmp_path, **changes):
+    """A ConfideStrategy over a small NeuMF, mid-round 1: (strategy, arrays, names)."""
+    config = small_config(out_dir=str(tmp_path / "run"), **({"strategy": "fedavg"} | changes))
     model = build_model(config.model, 1, 200, dim=8, mlp_layers=(16, 8), seed=0)
     names, arrays = global_names(model), global_arrays(model)
     initial = ndarrays_to_parameters(arrays)
@@ -51,6 +51,12 @@ def setup(tmp_path):
     )
     strategy.record = {"round": 1}
     strategy.round_started = 0.0
+    return strategy, arrays, names
+
+
+@pytest.fixture
+def setup(tmp_path):
+    strategy, arrays, _ = make_strategy(tmp_path)
     return strategy, arrays
 
 
