@@ -68,12 +68,18 @@ class DeviceClient(NumPyClient):
         if self.store is not None:
             self.store.save_fit(result, parameters)
         metrics: dict[str, float | str] = {}
-        if result.status == TRAINED:
+        if result.status == TRAINED and not self.run_config.private_replies:
             metrics["loss"] = result.loss
         if self.run_config.dp_interaction:
-            # Rounded: the exact ε would reveal the device's sampling rate, hence its data size.
-            metrics.update(dp_status=result.status, dp_epsilon=round(result.epsilon, 1))
-        return result.global_arrays, result.num_examples, metrics
+            # Rounded: the exact ε and σ would reveal the device's sampling rate, hence its size.
+            metrics.update(
+                dp_status=result.status,
+                dp_epsilon=round(result.epsilon, 1),
+                dp_noise_multiplier=round(result.noise_multiplier, 1),
+            )
+        # Under DP or SecAgg+ every device weighs 1: its example count is private data.
+        weight = 1 if self.run_config.private_replies else result.num_examples
+        return result.global_arrays, weight, metrics
 
     def evaluate(self, parameters, config):
         loss, metrics = local.evaluate(

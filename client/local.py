@@ -41,6 +41,7 @@ class TrainResult:
     status: str = TRAINED
     history: PrivacyHistory = NO_HISTORY  # the device's DP-SGD steps, whole run
     epsilon: float = 0.0  # interaction-level ε after this round (0 without DP)
+    noise_multiplier: float = 0.0  # σ of this round's DP-SGD steps (0 without DP)
 
 
 def device_model(
@@ -134,6 +135,7 @@ def _train_dp(
         num_examples=len(data.train_items),
         history=history,
         epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
+        noise_multiplier=plan.noise_multiplier,
     )
 
 

@@ -23,6 +23,7 @@ Row = tuple[str, int, dict[str, Any]]
 NUMBERS = (
     *("epsilon", "epsilon_min", "epsilon_median", "epsilon_max", "delta", "epsilon_cap"),
     *("noise_multiplier", "target_epsilon", "max_grad_norm", "clip_norm", "noise_stddev"),
+    *("noise_multiplier_min", "noise_multiplier_median", "noise_multiplier_max"),
     *("sample_rate", "population", "expected_cohort"),
     *("sampled", "replied", "devices_reporting", "devices_at_cap", "budget_exhausted"),
     "rounds_accounted",
@@ -33,8 +34,10 @@ CAVEATS = {
     "depends on how many interactions a device holds, while its accountant analyses the plain "
     "sum (opacus issue #819); tiny datasets leak their size (opacus issue #571). Devices here "
     "hold 20-700 interactions, so the interaction-level ε may understate the leakage.",
-    "rounded": "Each device rounds its ε before sending it and sends only what this report needs; "
-    "the ledger keeps only the min, median and max over the devices that trained in a round.",
+    "rounded": "Each device rounds its ε and σ before sending them and sends nothing else "
+    "computed from its data (weight 1, no training loss: an example count would change with one "
+    "interaction); the ledger keeps only the min, median and max over the devices that trained "
+    "in a round.",
     "negatives": "Training negatives are sampled from items outside the device's positives, so one "
     "interaction also shapes its negatives: the privacy unit is the interaction together with "
     "its sampled negatives.",
@@ -96,6 +99,10 @@ TABLES = {
         ("Accountant", "{accountant} (Opacus {opacus})"),
         ("q (per-device sample rate)", "{sample_rate_rule}"),
         ("σ (noise multiplier)", "{noise_multiplier}"),
+        (
+            "σ per device: min / median (last round) / max",
+            "{noise_multiplier_min} / {noise_multiplier_median} / {noise_multiplier_max}",
+        ),
         ("Target ε (σ calibrated on each device)", "{target_epsilon}"),
         ("C (max grad norm)", "{max_grad_norm}"),
         (
@@ -231,6 +238,7 @@ def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict
     eps_max = max(maxes, default=None)
     stats_round, stats = reported[-1] if reported else (None, {})
     drop = next((i for i in range(1, len(maxes)) if maxes[i] < maxes[i - 1]), None)
+    sigma_rows = [u for _, _, u in rows if u.get("noise_multiplier_median") is not None]
     if drop is not None:
         a, b, r1, r2 = maxes[drop - 1], maxes[drop], reported[drop - 1][0], reported[drop][0]
         caveats.append(CAVEATS["running_max"].format(a=a, r1=r1, b=b, r2=r2, last=stats_round))
@@ -246,6 +254,12 @@ def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict
         "delta": last.get("delta", config.get("dp-delta")),
         "accountant": acc,
         "noise_multiplier": last.get("noise_multiplier"),  # None: calibrated to the target ε
+        # With a target ε each device's σ depends on its size: the range over the whole run.
+        "noise_multiplier_min": min((u["noise_multiplier_min"] for u in sigma_rows), default=None),
+        "noise_multiplier_median": sigma_rows[-1]["noise_multiplier_median"]
+        if sigma_rows
+        else None,
+        "noise_multiplier_max": max((u["noise_multiplier_max"] for u in sigma_rows), default=None),
         "target_epsilon": last.get("target_epsilon"),
         "max_grad_norm": last.get("max_grad_norm"),
         # q and steps depend on each device's data size, which is not sent: only the rule is.

@@ -91,6 +91,7 @@ class ConfideStrategy(Strategy):
         self.population = 0
         self.stopped: str | None = None
         self.device_epsilons: list[float] = []
+        self.device_sigmas: list[float] = []  # σ of the devices that trained this round
         self.nodes_at_cap: set[int] = set()  # distinct devices that declined, whole run
         self.secagg = config.secagg_plan()  # None without SecAgg+
 
@@ -246,11 +247,11 @@ class ConfideStrategy(Strategy):
 
     def _note_devices(self, replies: list[tuple[ClientProxy, FitRes]]) -> None:
         # A device's reported ε is only recorded, never trusted for anything else; junk is dropped.
-        self.device_epsilons = [
-            float(eps)
-            for _, r in replies
-            if isinstance(eps := r.metrics.get("dp_epsilon"), (int, float)) and 0 <= eps < 1e6
-        ]
+        self.device_epsilons = _reported(replies, "dp_epsilon")
+        self.device_sigmas = _reported(
+            [(p, r) for p, r in replies if r.metrics.get("dp_status") != BUDGET_EXHAUSTED],
+            "dp_noise_multiplier",
+        )
         self.nodes_at_cap |= {
             proxy.node_id for proxy, r in replies if r.metrics.get("dp_status") == BUDGET_EXHAUSTED
         }
@@ -389,6 +390,7 @@ class ConfideStrategy(Strategy):
         log(INFO, "%s", progress_line(self.record, self.config.num_server_rounds))
         self.record = {}
         self.device_epsilons = []
+        self.device_sigmas = []
 
     def _ledger_entry(self) -> dict:
         """The round's privacy record: mechanism parameters and ε after the round, both units."""
@@ -398,7 +400,7 @@ class ConfideStrategy(Strategy):
         cfg = self.config
         interaction: dict = {"enabled": cfg.dp_interaction}
         if cfg.dp_interaction:
-            eps = self.device_epsilons
+            eps, sigmas = self.device_epsilons, self.device_sigmas
             interaction.update(
                 accountant=cfg.dp_accountant,
                 noise_multiplier=cfg.dp_noise_multiplier if not cfg.dp_target_epsilon else None,
@@ -416,6 +418,10 @@ class ConfideStrategy(Strategy):
                 epsilon_min=min(eps) if eps else None,
                 epsilon_median=float(np.median(eps)) if eps else None,
                 epsilon_max=max(eps) if eps else None,
+                # σ per device (a target ε is met with a σ that depends on the device's size)
+                noise_multiplier_min=min(sigmas) if sigmas else None,
+                noise_multiplier_median=float(np.median(sigmas)) if sigmas else None,
+                noise_multiplier_max=max(sigmas) if sigmas else None,
                 devices_at_cap=len(self.nodes_at_cap),
                 budget_exhausted=self.record.get("budget_exhausted", 0),
             )
@@ -502,3 +508,12 @@ def progress_line(record: dict, total_rounds: int) -> str:
         )
     parts.append(f"{record['round_seconds']:.1f}s")
     return " | ".join(parts)
+
+
+def _reported(replies: list[tuple[ClientProxy, FitRes]], key: str) -> list[float]:
+    """A numeric metric the devices report, for the ledger only (never trusted); junk dropped."""
+    return [
+        float(value)
+        for _, r in replies
+        if isinstance(value := r.metrics.get(key), (int, float)) and 0 <= value < 1e6
+    ]

@@ -111,6 +111,16 @@ class RunConfig:
         )
 
     @property
+    def private_replies(self) -> bool:
+        """Whether devices must keep their replies to the update alone (weight 1, no loss).
+
+        A device's example count and training loss are functions of its data sent in plaintext:
+        under interaction-level DP they would break the guarantee (one interaction changes the
+        count), and under user-level DP or SecAgg+ no aggregation rule needs them.
+        """
+        return self.dp_interaction or self.dp_user or self.secagg
+
+    @property
     def layers(self) -> tuple[int, ...]:
         return tuple(int(x) for x in self.mlp_layers.split(","))
 

@@ -122,7 +122,7 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
             epsilon=unit["epsilon_max"],
             epsilon_median=unit["epsilon_median"],
             delta=unit["delta"],
-            noise_multiplier=unit["noise_multiplier"],
+            noise_multiplier=unit["noise_multiplier"] or _sigma_range(unit),
             clip=unit["max_grad_norm"],
             devices_at_cap=unit["devices_at_cap"],
             accountant=unit["accountant"],
@@ -138,6 +138,14 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
             stopped=report["run"].get("stopped"),
         )
     return summary
+
+
+def _sigma_range(unit: dict[str, Any]) -> str | None:
+    """'median (min–max)' of the devices' σ, when each device calibrated its own."""
+    low, mid, high = (unit.get(f"noise_multiplier_{k}") for k in ("min", "median", "max"))
+    if mid is None:
+        return None
+    return f"{mid:.2f} ({low:.2f}–{high:.2f})"
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:

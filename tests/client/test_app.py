@@ -91,6 +91,25 @@ def test_fit_reply_is_dense_global_only_and_private_state_persists():
         assert not np.array_equal(first[key], second[key])
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [{"dp-interaction": True, "dp-noise-multiplier": 1.3}, {"dp-user": True}, {"secagg": True}],
+    ids=["interaction-dp", "user-dp", "secagg"],
+)
+def test_private_fit_reply_sends_no_example_count_and_no_loss(overrides):
+    """Under DP or SecAgg+ the plaintext part of a reply carries nothing computed from the data:
+    the example count would break interaction-level DP (one interaction changes it)."""
+    config = small_config(**overrides)
+    res = _fit(config, RecordDict(), _global(config)[1], server_round=1)
+    assert res.status.code == Code.OK
+    assert res.num_examples == 1
+    assert "loss" not in res.metrics
+    if config.dp_interaction:
+        assert set(res.metrics) == {"dp_status", "dp_epsilon", "dp_noise_multiplier"}
+        assert res.metrics["dp_noise_multiplier"] == 1.3
+        assert res.metrics["dp_epsilon"] == round(res.metrics["dp_epsilon"], 1) > 0
+
+
 def test_evaluate_uses_stored_private_embedding():
     config = small_config()
     _, arrays = _global(config)

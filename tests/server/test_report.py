@@ -224,9 +224,25 @@ def test_ledger_as_the_strategy_writes_it(tmp_path):
     # The writer marks the stop inside a full entry; σ may be calibrated to a target ε instead.
     calibrated = {"noise_multiplier": None, "target_epsilon": 4.0}
     stopped = {"stopped": "user-level epsilon cap 3 reached (epsilon 2.91 after 1 rounds)"}
+    sigmas = {"noise_multiplier_min": 1.3, "noise_multiplier_median": 2.0}
     ledger = [
-        ledger_line(1, interaction(0.3, 0.5, 0.7) | calibrated, user(2.91, 1)),
-        ledger_line(2, interaction(None, None, None) | calibrated, user(2.91, 1, "stopped", 0, 0))
+        ledger_line(
+            1,
+            interaction(0.3, 0.5, 0.7) | calibrated | sigmas | {"noise_multiplier_max": 2.9},
+            user(2.91, 1),
+        ),
+        ledger_line(
+            2,
+            interaction(0.4, 0.6, 0.7)
+            | calibrated
+            | {
+                "noise_multiplier_min": 1.2,
+                "noise_multiplier_median": 2.2,
+                "noise_multiplier_max": 2.5,
+            },
+            user(2.91, 1),
+        ),
+        ledger_line(3, interaction(None, None, None) | calibrated, user(2.91, 1, "stopped", 0, 0))
         | stopped,
     ]
     run = make_run(tmp_path, "writer", {"dp-user": True, "dp-interaction": True}, ledger)
@@ -234,9 +250,12 @@ def test_ledger_as_the_strategy_writes_it(tmp_path):
     inter_out, user_out = privacy["interaction_level"], privacy["user_level"]
     assert (inter_out["epsilon_max"], inter_out["stats_round"], inter_out["target_epsilon"]) == (
         0.7,
-        1,
+        2,
         4.0,
     )
+    # σ over the run: the smallest and largest any device used, the median of the last round
+    sigma = [inter_out[f"noise_multiplier_{k}"] for k in ("min", "median", "max")]
+    assert sigma == [1.2, 2.2, 2.9] and "1.2 / 2.2 / 2.9" in page
     assert user_out["epsilon"] == 2.91 and user_out["rounds_skipped"] == 0
     assert privacy["run"]["stopped"] == stopped["stopped"] and "Target ε" in page
 

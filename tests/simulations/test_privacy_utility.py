@@ -47,6 +47,16 @@ def _finished_run(tmp_path, name, hr10, config=None, ledger=None):
     return run
 
 
+# σ calibrated per device to the target ε: the ledger has each round's range, not one σ
+CALIBRATED = {
+    "noise_multiplier": None,
+    "target_epsilon": 8.0,
+    "noise_multiplier_min": 1.2,
+    "noise_multiplier_median": 2.0,
+    "noise_multiplier_max": 2.9,
+}
+
+
 def test_table_from_finished_runs(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -56,7 +66,10 @@ def test_table_from_finished_runs(tmp_path, capsys):
         "interaction-8",
         0.45,
         {"dp-interaction": True},
-        [ledger_line(r, interaction(1.0, 6.0 + r / 10, 7.5 + r / 10, 3), OFF) for r in (1, 2, 3)],
+        [
+            ledger_line(r, interaction(1.0, 6.0 + r / 10, 7.5 + r / 10, 3) | CALIBRATED, OFF)
+            for r in (1, 2, 3)
+        ],
     )
     _finished_run(
         sweep,
@@ -73,7 +86,7 @@ def test_table_from_finished_runs(tmp_path, capsys):
     assert table["interaction-8"]["devices_at_cap"] == 3
     assert table["user-8"]["epsilon"] == 6.0 and table["user-8"]["noise_multiplier"] == 1.0
     markdown = (sweep / "table.md").read_text()
-    assert "| interaction-8 | interaction | 8 | 7.80 |" in markdown
+    assert "| interaction-8 | interaction | 8 | 7.80 | 0.000010 | 2.00 (1.20–2.90) |" in markdown
     assert markdown.rstrip().endswith("| 0.40 |")  # user-8 HR@10 / no DP = 0.2 / 0.5
     assert (sweep / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
     assert "interaction-8" in capsys.readouterr().out
