@@ -17,7 +17,6 @@ from client.dp import plan_round, train_private
 from shared.config import RunConfig
 from shared.models import (
     Recommender,
-    build_model,
     global_arrays,
     load_global,
     load_private,
@@ -52,13 +51,8 @@ def device_model(
     private: Mapping[str, np.ndarray] | None,
 ) -> Recommender:
     """The global model plus this user's private rows (fresh, seeded by user, if none yet)."""
-    model = build_model(
-        config.model,
-        1,
-        num_items,
-        dim=config.embedding_dim,
-        mlp_layers=config.layers,
-        seed=int(np.random.SeedSequence((config.seed, 3, user_id)).generate_state(1)[0]),
+    model = config.build_model(
+        num_items, seed=int(np.random.SeedSequence((config.seed, 3, user_id)).generate_state(1)[0])
     )
     load_global(model, global_params)
     if private is not None:

@@ -14,7 +14,7 @@ from server.secagg import GuardedSecAggPlusWorkflow
 from server.strategy import ConfideStrategy, build_aggregator
 from server.validation import ReplyValidator
 from shared.config import RunConfig
-from shared.models import build_model, global_arrays, global_names
+from shared.models import global_arrays, global_names
 from shared.rundir import RunDirectory
 from shared.split import catalog_size
 
@@ -28,14 +28,7 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "[confide] run directory: %s", run_dir.path)
 
     # The server never sees user rows: it builds a one-user model and keeps only the global part.
-    model = build_model(
-        config.model,
-        1,
-        catalog_size(config),
-        dim=config.embedding_dim,
-        mlp_layers=config.layers,
-        seed=config.seed,
-    )
+    model = config.build_model(catalog_size(config))
     names, arrays = global_names(model), global_arrays(model)
     initial = ndarrays_to_parameters(arrays)
     strategy = ConfideStrategy(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.data import DATASETS
-from shared.models import MODELS
+from shared.models import MODELS, Recommender, build_model
 from shared.privacy import ACCOUNTANTS
 from shared.secagg import SecAggConfigError, SecAggPlan, parse_fault, plan_secagg
 
@@ -60,6 +60,7 @@ class RunConfig:
     batch_size: int
     learning_rate: float
     learning_rate_decay: float
+    learning_rate_floor: float
     optimizer: str
     personalize_epochs: int
     personalize_learning_rate: float
@@ -95,8 +96,9 @@ class RunConfig:
     out_dir: str
 
     def local_learning_rate(self, server_round: int) -> float:
-        """The devices' learning rate in a round: decays geometrically from round 1."""
-        return self.learning_rate * self.learning_rate_decay ** (server_round - 1)
+        """The devices' learning rate in a round: decays geometrically from round 1 to the floor."""
+        decayed = self.learning_rate * self.learning_rate_decay ** (server_round - 1)
+        return max(decayed, min(self.learning_rate_floor, self.learning_rate))
 
     def secagg_plan(self) -> SecAggPlan | None:
         """The derived SecAgg+ parameters (None when SecAgg+ is off); raises if unsafe."""
@@ -108,6 +110,18 @@ class RunConfig:
             self.secagg_num_shares,
             self.secagg_reconstruction_threshold,
             self.secagg_timeout,
+        )
+
+    def build_model(self, num_items: int, *, seed: int | None = None) -> Recommender:
+        """This run's model with one user row: seeded by the run (the initial global model the
+        server keeps the global part of) unless a device passes its own seed."""
+        return build_model(
+            self.model,
+            1,
+            num_items,
+            dim=self.embedding_dim,
+            mlp_layers=self.layers,
+            seed=self.seed if seed is None else seed,
         )
 
     @property
@@ -238,6 +252,7 @@ _AT_LEAST_ONE = (
 )
 _NON_NEGATIVE = (
     *("num_items", "train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
+    "learning_rate_floor",
     *("dp_noise_multiplier", "dp_target_epsilon", "dp_epsilon_cap"),
     *("dp_user_noise_multiplier", "dp_user_target_epsilon", "dp_user_epsilon_cap"),
 )

@@ -23,7 +23,7 @@ import torch
 from client import local
 from server.audit import audit, table
 from shared.config import RunConfig
-from shared.models import build_model, global_arrays, global_names
+from shared.models import global_arrays, global_names
 from shared.privacy import clip_update
 from shared.rundir import CONFIG_FILE, MODEL_FILE
 from shared.split import split_for
@@ -47,15 +47,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[np.ndarray]]:
 
 
 def _model(config: RunConfig):
-    split = split_for(config)
-    return build_model(
-        config.model,
-        1,
-        split.num_items,
-        dim=config.embedding_dim,
-        mlp_layers=config.layers,
-        seed=config.seed,
-    )
+    return config.build_model(split_for(config).num_items)
 
 
 def run_item_inference(

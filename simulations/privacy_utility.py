@@ -33,6 +33,12 @@ class Row:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+def planned_participations(rounds: int, clients_per_round: int, population: int) -> int:
+    """Rounds a device plans its budget for: the binomial mean plus two standard deviations."""
+    q = clients_per_round / population
+    return max(1, math.ceil(rounds * q + 2 * math.sqrt(rounds * q * (1 - q))))
+
+
 def default_rows(rounds: int, clients_per_round: int, population: int) -> list[Row]:
     """No DP, then each unit at each target ε (δ = 1e-5 throughout).
 
@@ -41,9 +47,7 @@ def default_rows(rounds: int, clients_per_round: int, population: int) -> list[R
     stops at its cap, so no device ever passes the target. User level: the server's accountant
     solves for z over all rounds with q = K/N and the run stops at the cap.
     """
-    q = clients_per_round / population
-    mean = rounds * q
-    planned = max(1, math.ceil(mean + 2 * math.sqrt(rounds * q * (1 - q))))
+    planned = planned_participations(rounds, clients_per_round, population)
     rows = [Row("none", "none", None)]
     for eps in EPSILONS:
         rows.append(

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import ConfigError, RunConfig, load_toml, parse_override, pyproject_defaults
-from tests.conftest import ROOT
+from tests.conftest import ROOT, small_config
 
 
 def defaults() -> dict:
@@ -130,3 +130,14 @@ def test_unsafe_secagg_config_refused_at_setup_naming_what_works(changes, messag
 def test_fault_injection_key_is_validated():
     with pytest.raises(ConfigError, match="test-secagg-fault"):
         RunConfig.from_mapping(defaults() | {"test-secagg-fault": "1:nowhere:0"})
+
+
+def test_device_learning_rate_decays_to_its_floor():
+    floored = small_config(learning_rate=0.01, learning_rate_decay=0.5, learning_rate_floor=0.002)
+    rates = [floored.local_learning_rate(r) for r in (1, 2, 3, 4, 50)]
+    assert rates == pytest.approx([0.01, 0.005, 0.0025, 0.002, 0.002])
+    plain = small_config(learning_rate=0.01, learning_rate_decay=0.5)
+    assert plain.local_learning_rate(4) == pytest.approx(0.00125)
+    # a floor above the starting rate never raises it
+    high = small_config(learning_rate=0.01, learning_rate_decay=0.5, learning_rate_floor=0.1)
+    assert high.local_learning_rate(3) == pytest.approx(0.01)

@@ -19,7 +19,7 @@ import torch
 from client import local
 from server.strategy import model_digest
 from shared.config import RunConfig, pyproject_defaults
-from shared.models import build_model, global_arrays, global_names
+from shared.models import global_arrays, global_names
 from shared.privacy import clip_update
 from shared.split import catalog_size, split_for
 from tests.conftest import ROOT, read_jsonl, run_confide
@@ -77,14 +77,7 @@ def test_secagg_equals_fedavg_of_survivors_and_halts_loudly(tmp_path):
     assert [r["round"] for r in records] == [1, 2, 3]
 
     config = _config()
-    model = build_model(
-        config.model,
-        1,
-        catalog_size(config),
-        dim=config.embedding_dim,
-        mlp_layers=config.layers,
-        seed=config.seed,
-    )
+    model = config.build_model(catalog_size(config))
     initial = global_arrays(model)
     assert sum(a.size for a in initial) > 80_000  # the real NCF size at 1682 items
 
