@@ -7,6 +7,7 @@ device state, so it is trained across rounds and never reset.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,9 +62,17 @@ def device_model(
 
 
 def _seed_round(config: RunConfig, user_id: int, server_round: int) -> None:
-    # Fresh randomness per device and round: reusing one seed would repeat the DP noise. 64 bits:
-    # a 32-bit seed could be searched exhaustively to strip a device's noise. (Torch's generator
-    # is still no CSPRNG; Opacus' secure mode needs torchcsprng, absent for torch 2.13.)
+    """Seed torch's generator, which Opacus draws the DP noise and the Poisson batches from.
+
+    Under interaction-level DP the seed is secret (64 bits of OS entropy, fresh every round): one
+    derived from the run's seed, which the server chose, would let the server replay the noise
+    and subtract it. Only ``dp-reproducible-noise`` (research simulations) derives it from the
+    run seed. Torch's generator is still no CSPRNG (Opacus' secure mode needs torchcsprng, which
+    has no build for torch 2.13); the server sees its outputs only under the update they noise.
+    """
+    if config.dp_interaction and not config.dp_reproducible_noise:
+        torch.manual_seed(secrets.randbits(64))
+        return
     sequence = np.random.SeedSequence((config.seed, 4, user_id, server_round))
     torch.manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
 

@@ -68,6 +68,10 @@ CAVEATS = {
     "it: no ε is claimed for it.",
     "over_cap": "The final {unit} ε ({eps}) exceeds its cap ({cap}): the cap was checked only "
     "after the round that crossed it, so the cap is not a bound on the ε reached.",
+    "reproducible": "This run drew its DP noise and DP sampling from the run's seed "
+    "(dp-reproducible-noise, for research simulations that must repeat exactly): anyone who "
+    "knows the seed (it is in config.json) can replay the noise and remove it, so the ε above "
+    "holds only against whoever does not know the seed. Deployments keep it off.",
     "stopped": "The run stopped early after round {r}: {why}.",
     "no_dp": "No differential privacy was on in this run: no ε is claimed, and the server sees "
     "each device's individual update.",
@@ -324,6 +328,8 @@ def _summarize(run_dir: Path, config: dict, metrics: list[Record], ledger: list[
         caveats.append(CAVEATS["group"])
     if not interaction["enabled"] and not user["enabled"]:
         caveats.append(CAVEATS["no_dp"])
+    elif config.get("dp-reproducible-noise") is True:
+        caveats.append(CAVEATS["reproducible"])
     for unit, eps in ((interaction, "epsilon_max"), (user, "epsilon")):
         if unit.get("epsilon_cap") and (unit.get(eps) or 0) > unit["epsilon_cap"]:
             name = "interaction-level" if unit is interaction else "user-level"

@@ -26,6 +26,7 @@ lower the reported ε.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,7 +75,7 @@ class UserLevelDP:
     epsilon_cap: float
     sample_fraction: float  # q, or None-like 0 meaning "use clients_per_round / N"
     clients_per_round: int
-    seed: int
+    seed: int | None  # None: sampling and noise from OS entropy (the default; see _rng)
     history: PrivacyHistory = field(default_factory=PrivacyHistory)
 
     @classmethod
@@ -88,7 +89,7 @@ class UserLevelDP:
             epsilon_cap=config.dp_user_epsilon_cap,
             sample_fraction=config.fraction_fit,
             clients_per_round=config.clients_per_round,
-            seed=config.seed,
+            seed=config.seed if config.dp_reproducible_noise else None,
         )
         if config.dp_user_target_epsilon > 0:
             if population is None:
@@ -101,6 +102,13 @@ class UserLevelDP:
                 config.dp_accountant,
             )
         return mechanism
+
+    def _rng(self, stream: int, server_round: int) -> np.random.Generator:
+        # Who is sampled and the noise must be secret: an observer who could replay them from the
+        # run's seed (it is in config.json) would strip the noise and lose no amplification.
+        if self.seed is None:
+            return np.random.default_rng(secrets.randbits(128))
+        return np.random.default_rng((self.seed, stream, server_round))
 
     def sample_rate(self, population: int) -> float:
         if self.clients_per_round:
@@ -120,7 +128,7 @@ class UserLevelDP:
     def sample(self, node_ids: Sequence[int], server_round: int) -> list[int]:
         """Poisson sampling: each node independently with probability q; accounts the round."""
         q = self.sample_rate(len(node_ids))
-        rng = np.random.default_rng((self.seed, 6, server_round))
+        rng = self._rng(6, server_round)
         ordered = sorted(node_ids)
         chosen = [node for node, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
         self.history = self.history.add(self.noise_multiplier, q, 1)
@@ -134,7 +142,7 @@ class UserLevelDP:
         server_round: int,
     ) -> list[np.ndarray]:
         """The noised, fixed-denominator average update of this round."""
-        rng = np.random.default_rng((self.seed, 7, server_round))
+        rng = self._rng(7, server_round)
         denominator = self.sample_rate(population) * population
         return noisy_average(
             updates, shapes, self.clip_norm, self.noise_multiplier, denominator, rng
@@ -144,7 +152,7 @@ class UserLevelDP:
         self, total: Sequence[np.ndarray], population: int, server_round: int
     ) -> list[np.ndarray]:
         """The noised, fixed-denominator average from a sum of device-clipped updates (SecAgg+)."""
-        rng = np.random.default_rng((self.seed, 7, server_round))
+        rng = self._rng(7, server_round)
         denominator = self.sample_rate(population) * population
         return noised_sum(total, self.clip_norm, self.noise_multiplier, denominator, rng)
 

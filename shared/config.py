@@ -77,6 +77,7 @@ class RunConfig:
     dp_delta: float
     dp_epsilon_cap: float
     dp_accountant: str
+    dp_reproducible_noise: bool  # RESEARCH ONLY: DP randomness from the run seed (not secret)
     # user-level DP: DP-FedAvg (clip each update on the device, noise on the server)
     dp_user: bool
     dp_user_noise_multiplier: float

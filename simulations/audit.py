@@ -22,7 +22,7 @@ import torch
 
 from client import local
 from server.audit import audit, table
-from shared.config import RunConfig
+from shared.config import RunConfig, pyproject_defaults
 from shared.models import global_arrays, global_names
 from shared.privacy import clip_update
 from shared.rundir import CONFIG_FILE, MODEL_FILE
@@ -38,9 +38,10 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[np.ndarray]]:
         raise FileNotFoundError(
             f"{run_dir} is not a finished run: it needs {CONFIG_FILE} and {MODEL_FILE}"
         )
-    values = json.loads(config_path.read_text())
-    values.pop("kind", None)
-    config = RunConfig.from_mapping(values)
+    saved = json.loads(config_path.read_text())
+    # Keys added since the run was made take their defaults; the run's own values win.
+    defaults = pyproject_defaults(Path(__file__).resolve().parents[1] / "pyproject.toml")
+    config = RunConfig.from_mapping(defaults | {k: v for k, v in saved.items() if k in defaults})
     names = global_names(_model(config))
     with np.load(model_path) as saved:
         return config, [saved[name] for name in names]

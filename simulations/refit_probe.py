@@ -14,15 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from client import local
-from shared.config import RunConfig, pyproject_defaults
+from shared.config import RunConfig
 from shared.split import split_for
 from shared.training import METRIC_KEYS
+from simulations.audit import load_run
 
 
 def refit_metrics(config: RunConfig, arrays: list[np.ndarray]) -> dict[str, float]:
@@ -45,18 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run = Path(args.run_dir)
     try:
-        saved = json.loads((run / "config.json").read_text())
-        with np.load(run / "global_model.npz") as model:
-            arrays = [model[name] for name in model.files]
+        saved, arrays = load_run(run)
     except (OSError, ValueError) as err:
         print(f"refit_probe: {run} is not a finished run: {err}", file=sys.stderr)
         return 2
-    # Keys added since the run was made take their defaults; the run's own values win.
-    defaults = pyproject_defaults(Path(__file__).resolve().parents[1] / "pyproject.toml")
-    values = defaults | {k: v for k, v in saved.items() if k in defaults}
-    config = RunConfig.from_mapping(
-        values | {"personalize-epochs": args.epochs, "personalize-learning-rate": args.lr}
-    )
+    config = replace(saved, personalize_epochs=args.epochs, personalize_learning_rate=args.lr)
     result = {"run": str(run), "epochs": args.epochs, "lr": args.lr}
     result |= {k: round(v, 4) for k, v in refit_metrics(config, arrays).items()}
     print(json.dumps(result))

@@ -114,3 +114,20 @@ def test_target_epsilon_sets_noise_for_planned_participations():
     plan = plan_round(config, 40)
     reached = epsilon([(plan.noise_multiplier, plan.sample_rate, 5 * plan.steps)], config.dp_delta)
     assert reached == pytest.approx(4.0, rel=0.02)
+
+
+def test_dp_randomness_is_secret_unless_reproducible_noise():
+    """Seeded from the run's seed, the server could replay a device's DP noise and remove it."""
+    config = _dp_config()
+    split = split_for(config)
+    data = split.user_data(2)
+    model = build_model(config.model, 1, split.num_items, dim=8, mlp_layers=(16, 8), seed=0)
+
+    def twice(cfg):
+        return [local.train(cfg, data, 2, 1, global_arrays(model), None) for _ in range(2)]
+
+    secret = twice(config)
+    assert not np.array_equal(secret[0].global_arrays[0], secret[1].global_arrays[0])
+    seeded = twice(_dp_config(dp_reproducible_noise=True))
+    for a, b in zip(seeded[0].global_arrays, seeded[1].global_arrays, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -178,8 +178,17 @@ def test_only_interaction_level(tmp_path):
     assert "group privacy" in caveats and "#819" in caveats
     for absent in ("running max", "DP-FedAvg", "fixed denominator", "composed round", "exceeds"):
         assert absent not in caveats
+    assert "replay the noise" not in caveats  # secret DP randomness: the default
     assert "1.76" in page and "1.25" in page and "DP-FedAvg" not in page
     assert "Off in this run" in page
+
+
+def test_reproducible_noise_voids_the_claim_against_seed_holders(tmp_path):
+    ledger = [ledger_line(1, interaction(0.4, 0.6, 1.0), OFF)]
+    config = {"dp-interaction": True, "dp-reproducible-noise": True}
+    privacy, page = _report(make_run(tmp_path, "seeded", config, ledger, METRICS[:1]))
+    assert "replay the noise and remove it" in " ".join(privacy["caveats"])
+    assert "replay the noise and remove it" in page
 
 
 def test_both_off_without_ledger(tmp_path):

@@ -73,8 +73,8 @@ def test_item_sum_and_budget_exhausted_devices_as_without_secagg(tmp_path):
 
 
 def test_user_dp_noise_is_added_to_the_unmasked_sum(tmp_path):
-    strategy, arrays, _ = _strategy(
-        tmp_path, strategy="fedavg", dp_user=True, dp_user_clip_norm=0.3
+    strategy, arrays, _ = _strategy(  # seeded noise: compared with a replay of the same noise
+        tmp_path, strategy="fedavg", dp_user=True, dp_user_clip_norm=0.3, dp_reproducible_noise=True
     )
     strategy.user_dp = UserLevelDP.from_config(strategy.config, population=30)
     strategy.population = 30

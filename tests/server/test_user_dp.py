@@ -43,14 +43,30 @@ def _mechanism(**changes):
 
 
 def test_poisson_sampling_rate_seeded_and_accounted():
-    mechanism = _mechanism()
+    mechanism = _mechanism(dp_reproducible_noise=True)
     nodes = list(range(1000, 1100))
     sizes = [len(mechanism.sample(nodes, r)) for r in range(1, 201)]
     assert np.mean(sizes) == pytest.approx(10, rel=0.1) and len(set(sizes)) > 3  # varies
-    again = _mechanism()
-    assert again.sample(nodes, 7) == _mechanism().sample(list(reversed(nodes)), 7)
+    again = _mechanism(dp_reproducible_noise=True)
+    seeded = _mechanism(dp_reproducible_noise=True)
+    assert again.sample(nodes, 7) == seeded.sample(list(reversed(nodes)), 7)
     assert mechanism.history.entries == ((1.0, 0.1, 200),)
     assert mechanism.epsilon() == pytest.approx(epsilon([(1.0, 0.1, 200)], 1e-5))
+
+
+def test_sampling_and_noise_are_secret_by_default():
+    """From the run's seed (in config.json) anyone could replay who was sampled and the noise."""
+    nodes = list(range(1000))
+    first, second = _mechanism(), _mechanism()
+    assert first.sample(nodes, 3) != second.sample(nodes, 3)
+    total = [np.zeros(50)]
+    assert not np.array_equal(
+        first.aggregate_sum(total, 100, 3)[0], second.aggregate_sum(total, 100, 3)[0]
+    )
+    seeded = [_mechanism(dp_reproducible_noise=True) for _ in range(2)]
+    np.testing.assert_array_equal(
+        seeded[0].aggregate_sum(total, 100, 3)[0], seeded[1].aggregate_sum(total, 100, 3)[0]
+    )
 
 
 def test_cap_stops_before_the_round_that_would_pass_it():
