@@ -164,7 +164,7 @@ def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_pat
 
     fit = fitins_to_recorddict(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}), True)
     res = recorddict_to_fitres(_send(config, node_config, RecordDict(), "train", fit), True)
-    assert res.num_examples == 7  # 8 interactions, the latest held out
+    assert res.num_examples == 1  # under DP the device's count (7 trained on) stays private
     with Device.open(store, key) as device:
         first = device.privacy_budget()
         assert first.epsilon > 0 and first.steps == 1 and first.delta == config.dp_delta
