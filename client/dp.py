@@ -150,12 +150,30 @@ def train_private(
         if epoch:
             dataset.resample(train_rng(config.seed, user_id, server_round * 1000 + epoch))
         for items, labels in loader:
-            dp_optimizer.zero_grad()
-            loss = criterion(module(items), labels)
-            loss.backward()
-            dp_optimizer.step()
-            if len(items):
-                losses.append(float(loss.detach()))
+            loss = private_step(module, dp_optimizer, criterion, items, labels)
+            if loss is not None:
+                losses.append(loss)
     for sigma, rate, steps in engine.accountant.history:
         history = history.add(float(sigma), float(rate), int(steps))
     return (float(np.mean(losses)) if losses else float("nan")), history
+
+
+def private_step(module, dp_optimizer, criterion, items: torch.Tensor, labels: torch.Tensor):
+    """One DP-SGD step; returns its loss, or None for an empty Poisson batch.
+
+    Poisson sampling gives an empty batch with probability (1 - q)^n. That step must still add
+    noise: skipping it would publish a noise-free step exactly when nobody was sampled, which
+    the accountant (counting every step as noised) does not allow. Opacus' ghost-clipping
+    embedding hook cannot run a backward pass on zero samples, so the empty case sets a zero
+    clipped-gradient sum and lets the optimizer add noise and count the step as usual.
+    """
+    dp_optimizer.zero_grad()
+    if len(items) == 0:
+        for param in dp_optimizer.params:
+            param.grad = torch.zeros_like(param)
+        dp_optimizer.step()
+        return None
+    loss = criterion(module(items), labels)
+    loss.backward()
+    dp_optimizer.step()
+    return float(loss.detach())

@@ -9,7 +9,7 @@ from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
 from client import local
-from client.dp import GroupedBCE, GroupScorer, InteractionGroups, plan_round
+from client.dp import GroupedBCE, GroupScorer, InteractionGroups, plan_round, private_step
 from shared.models import build_model, global_arrays
 from shared.privacy import BUDGET_EXHAUSTED, TRAINED, PrivacyHistory, epsilon
 from shared.split import UserData, split_for
@@ -59,6 +59,40 @@ def test_ghost_clipping_update_equals_default_mode(name):
         update_hooks = hooks[key] - before[key]
         assert update_hooks.abs().max() > 0  # the step did something
         torch.testing.assert_close(ghost[key] - before[key], update_hooks, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1.0])
+def test_empty_poisson_batch_is_a_noise_only_step(sigma):
+    """(1 - q)^n of the steps see no sample; they must still be noised and counted."""
+    data = UserData(
+        num_items=40,
+        train_items=np.arange(0, 30, 3),
+        test_item=1,
+        eval_negatives=np.arange(2, 40, 4),
+    )
+    model = build_model("neumf", 1, 40, dim=8, mlp_layers=(16, 8), seed=3)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    dataset = InteractionGroups(data, negatives=4)
+    dataset.resample(np.random.default_rng(0))
+    engine = PrivacyEngine()
+    module, optimizer, criterion, loader = engine.make_private(
+        module=GroupScorer(model),
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        criterion=GroupedBCE(),
+        data_loader=DataLoader(dataset, batch_size=4),
+        noise_multiplier=sigma,
+        max_grad_norm=1.0,
+        poisson_sampling=True,
+        grad_sample_mode="ghost",
+    )
+    items, labels = next(iter(loader))
+    empty = (items[:0], labels[:0])
+    assert private_step(module, optimizer, criterion, *empty) is None
+    for key, param in model.named_parameters():
+        moved = (param.detach() - before[key]).abs().max()
+        assert (moved > 0) if sigma else (moved == 0), key  # noise, and only noise
+    assert engine.accountant.history == [(sigma, pytest.approx(1 / 3), 1)]  # q = 1 / len(loader)
+    assert np.isfinite(private_step(module, optimizer, criterion, items, labels))
 
 
 def _dp_config(**changes):
