@@ -45,7 +45,12 @@ from shared.training import METRIC_KEYS
 def build_aggregator(config: RunConfig, initial: Parameters, names: list[str]) -> Strategy:
     """The aggregation rule chosen by ``strategy``; only its aggregate_fit is used."""
     if config.strategy == "itemsum":
-        return ItemSumFedAvg(initial_parameters=initial, names=names)
+        return ItemSumFedAvg(
+            initial_parameters=initial,
+            names=names,
+            server_learning_rate=config.server_learning_rate,
+            server_momentum=config.server_momentum,
+        )
     if config.strategy == "fedadam":
         return FedAdam(
             initial_parameters=initial,
@@ -56,11 +61,11 @@ def build_aggregator(config: RunConfig, initial: Parameters, names: list[str]) -
             tau=config.server_adam_tau,
             fit_metrics_aggregation_fn=_no_metrics,
         )
-    # FedAvgM with no momentum is FedAvg with a server learning rate (1.0 = plain FedAvg).
+    # FedAvgM with no momentum and rate 1.0 is plain FedAvg.
     return FedAvgM(
         initial_parameters=initial,
         server_learning_rate=config.server_learning_rate,
-        server_momentum=0.0,
+        server_momentum=config.server_momentum,
         fit_metrics_aggregation_fn=_no_metrics,
     )
 

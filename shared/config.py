@@ -52,6 +52,7 @@ class RunConfig:
     eval_clients: int
     strategy: str
     server_learning_rate: float
+    server_momentum: float
     server_adam_tau: float
     max_num_examples: int
     max_update_norm: float
@@ -190,6 +191,12 @@ class RunConfig:
         self._require(_POSITIVE, lambda v: v > 0, "positive")
         self._require(("fraction_fit", "learning_rate_decay"), lambda v: 0 < v <= 1, "in (0, 1]")
         self._require(("dp_delta", "dp_user_delta"), lambda v: 0 < v < 1, "in (0, 1)")
+        self._require(("server_momentum",), lambda v: 0 <= v < 1, "in [0, 1)")
+        if self.server_momentum and self.strategy == "fedadam":
+            raise ConfigError(
+                "server-momentum applies to fedavg and itemsum; fedadam keeps its own first "
+                "moment (beta 0.9): set server-momentum = 0.0 or use strategy fedavg"
+            )
         self._validate_privacy()
         self._validate_secagg()
 

@@ -33,3 +33,23 @@ def test_fixed_cohort_size_scales_a_pre_averaged_update():
     agg.cohort_size = 30.0  # DP-FedAvg: one noised average over an expected cohort of 30
     params, _ = agg.aggregate_fit(1, [_reply([np.full((2, 1), 0.1, np.float32)], 1)], [])
     np.testing.assert_allclose(parameters_to_ndarrays(params)[0], 3.0, rtol=1e-6)
+
+
+def test_server_momentum_and_rate_step_like_fedavgm():
+    start = [np.zeros((2, 1), np.float32), np.zeros(1, np.float32)]
+    agg = ItemSumFedAvg(
+        initial_parameters=ndarrays_to_parameters(start),
+        names=["item_bias.weight", "output.bias"],
+        server_learning_rate=0.5,
+        server_momentum=0.9,
+    )
+    agg.cohort_size = 10.0
+    update = [np.full((2, 1), 0.1, np.float32), np.full(1, 0.2, np.float32)]
+    items, dense = start
+    for expected_velocity in (1.0, 1.9, 2.71):  # v = 0.9 v + 1 (the item step: 10 x 0.1)
+        reply = [items + update[0], dense + update[1]]
+        params, _ = agg.aggregate_fit(1, [_reply(reply, 1)], [])
+        new_items, new_dense = parameters_to_ndarrays(params)
+        np.testing.assert_allclose(new_items - items, 0.5 * expected_velocity, rtol=1e-5)
+        np.testing.assert_allclose(new_dense - dense, 0.5 * 0.2 * expected_velocity, rtol=1e-5)
+        items, dense = new_items, new_dense

@@ -143,3 +143,20 @@ def test_fedavg_weights_by_examples(setup):
     for got, base in zip(parameters_to_ndarrays(parameters), arrays, strict=True):
         np.testing.assert_allclose(got, base + 0.0175, atol=1e-6)  # (30*0.01 + 10*0.04) / 40
     assert strategy.record["train_loss"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "itemsum"])
+def test_server_momentum_reaches_the_aggregator(tmp_path, name):
+    """Two rounds with the same average update: with momentum the second step is 1.9x the first."""
+    config = small_config(strategy=name, server_momentum=0.9, out_dir=str(tmp_path))
+    start = [np.zeros(3, np.float32)]
+    aggregator = build_aggregator(config, ndarrays_to_parameters(start), ["output.bias"])
+    current = start[0]
+    steps = []
+    for server_round in (1, 2):
+        reply = (FakeProxy(1), _fit_res([current + 1.0], num_examples=1))
+        params, _ = aggregator.aggregate_fit(server_round, [reply], [])
+        new = parameters_to_ndarrays(params)[0]
+        steps.append(float((new - current)[0]))
+        current = new
+    assert steps == pytest.approx([1.0, 1.9])

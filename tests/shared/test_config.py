@@ -34,6 +34,8 @@ def test_pyproject_defaults_parse_into_typed_config():
         ("learning-rate-decay", 0.0, r"learning-rate-decay must be in \(0, 1\]"),
         ("dp-interaction", "yes", "true or false"),
         ("num-items", -1, "num-items must be 0 or more"),
+        ("server-momentum", 1.0, r"server-momentum must be in \[0, 1\)"),
+        ("server-momentum", -0.1, r"server-momentum must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_rejected_with_reason(key, value, message):
@@ -141,3 +143,9 @@ def test_device_learning_rate_decays_to_its_floor():
     # a floor above the starting rate never raises it
     high = small_config(learning_rate=0.01, learning_rate_decay=0.5, learning_rate_floor=0.1)
     assert high.local_learning_rate(3) == pytest.approx(0.01)
+
+
+def test_fedadam_refuses_server_momentum_naming_the_fix():
+    values = defaults() | {"strategy": "fedadam", "server-momentum": 0.9}
+    with pytest.raises(ConfigError, match="fedadam keeps its own first moment"):
+        RunConfig.from_mapping(values)
