@@ -14,6 +14,7 @@ from flwr.client import ClientApp, NumPyClient
 
 from client import local, on_device
 from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
+from client.policy import DevicePolicy
 from shared.config import RunConfig
 from shared.privacy import TRAINED, PrivacyHistory
 from shared.split import UserData, split_for
@@ -30,8 +31,10 @@ class DeviceClient(NumPyClient):
         user_id: int,
         state: RecordDict,
         store: on_device.StoreRun | None = None,
+        policy: DevicePolicy = local.NO_POLICY,
     ) -> None:
         self.run_config = config
+        self.policy = policy  # the device owner's own ε cap (node config), never the server's
         self.data = data
         self.user_id = user_id
         self.state = state
@@ -58,6 +61,7 @@ class DeviceClient(NumPyClient):
             parameters,
             self._private(),
             self._history(),
+            self.policy,
         )
         self.state.array_records[PRIVATE_RECORD] = ArrayRecord(
             array_dict={k: Array(v) for k, v in result.private.items()}
@@ -93,10 +97,11 @@ class DeviceClient(NumPyClient):
 def client_fn(context: Context):
     torch.set_num_threads(1)  # one thread per Ray actor: actors already fill the cores
     config = RunConfig.from_mapping(context.run_config)
+    policy = DevicePolicy.from_node_config(context.node_config)
     if on_device.uses_store(context.node_config):
         run = on_device.StoreRun.open(config, context.node_config, context.run_id)
         run.restore(context.state, PRIVATE_RECORD, HISTORY_RECORD)
-        return DeviceClient(config, run.data, run.user_id, context.state, run).to_client()
+        return DeviceClient(config, run.data, run.user_id, context.state, run, policy).to_client()
     if "partition-id" not in context.node_config:
         raise ValueError(
             f"node config has neither {on_device.STORE_PATH} (a deployed device) nor "
@@ -110,7 +115,8 @@ def client_fn(context: Context):
             f"partition-id {user_id} has no user: the dataset has {split.num_users} users; "
             f"run with at most num-supernodes={split.num_users}"
         )
-    return DeviceClient(config, split.user_data(user_id), user_id, context.state).to_client()
+    data = split.user_data(user_id)
+    return DeviceClient(config, data, user_id, context.state, policy=policy).to_client()
 
 
 # Order matters: SecAgg+ must mask the update AFTER it is clipped (DESIGN.md §6).

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from client.dp import plan_round, train_private
+from client.policy import DevicePolicy
 from shared.config import RunConfig
 from shared.models import (
     Recommender,
@@ -30,6 +31,7 @@ from shared.training import evaluate_user, evaluation_loss, make_optimizer, trai
 
 LOCAL_USER = 0  # the device's own row in its one-user model
 NO_HISTORY = PrivacyHistory()
+NO_POLICY = DevicePolicy()
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,19 @@ def train(
     global_params: Sequence[np.ndarray],
     private: Mapping[str, np.ndarray] | None,
     history: PrivacyHistory = NO_HISTORY,
+    policy: DevicePolicy = NO_POLICY,
 ) -> TrainResult:
     """Local epochs over the device's positives and freshly sampled negatives.
 
     With ``dp-interaction`` the epochs run as DP-SGD and ``history`` (the device's accountant)
-    grows; a device whose ε would pass ``dp-epsilon-cap`` declines and changes nothing.
+    grows; a device whose ε would pass ``dp-epsilon-cap`` or its own ``policy`` cap declines and
+    changes nothing. A policy with a cap refuses non-private training (:class:`PolicyViolation`).
     """
+    policy.check_run(config)
     model = device_model(config, data.num_items, user_id, global_params, private)
     _seed_round(config, user_id, server_round)
     if config.dp_interaction:
-        return _train_dp(config, model, data, user_id, server_round, global_params, history)
+        return _train_dp(config, model, data, user_id, server_round, global_params, history, policy)
     lr = config.local_learning_rate(server_round)
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr)
     losses = [
@@ -117,10 +122,13 @@ def _train_dp(
     server_round: int,
     global_params: Sequence[np.ndarray],
     history: PrivacyHistory,
+    policy: DevicePolicy,
 ) -> TrainResult:
     plan = plan_round(config, len(data.train_items))
+    after = plan.history_after(history)
     cap = config.dp_epsilon_cap
-    if cap and plan.history_after(history).epsilon(config.dp_delta, config.dp_accountant) > cap:
+    over_run_cap = cap and after.epsilon(config.dp_delta, config.dp_accountant) > cap
+    if over_run_cap or policy.would_pass(after, config.dp_accountant):
         return TrainResult(
             global_arrays=[np.array(a, copy=True) for a in global_params],
             private=private_state(model),

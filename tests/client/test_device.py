@@ -18,6 +18,7 @@ from flwr.compat.common.recorddict_compat import (
 from client.app import HISTORY_RECORD, PRIVATE_RECORD, app
 from client.device import Device, ModelNotReady
 from client.on_device import StoreRun, read_key_file, store_key
+from client.policy import PolicyViolation
 from shared.models import build_model, global_arrays
 from tests.client.test_app import task_identity  # noqa: F401  (fixture: act as a task)
 from tests.conftest import small_config
@@ -227,3 +228,29 @@ def test_node_config_without_store_or_partition_is_explained():
     )
     with pytest.raises(ValueError, match="neither store-path .* nor partition-id"):
         _send(_config(), {}, RecordDict(), "train", content)
+
+
+def test_device_policy_refuses_a_run_without_dp_and_keeps_the_store_as_it_was(tmp_path):
+    """The server's run config cannot talk a capped device into non-private training."""
+    store, key, node_config = _deployed(tmp_path, [3, 8, 15])
+    capped = {**node_config, "device-epsilon-cap": 8.0}
+    config = _config()  # dp-interaction = false
+    fit = fitins_to_recorddict(
+        FitIns(ndarrays_to_parameters(_global(config)), {"server-round": 1}), True
+    )
+    context = Context(
+        run_id=1, node_id=7, node_config=capped, state=RecordDict(), run_config=config.to_mapping()
+    )
+    message = Message(content=fit, dst_node_id=7, message_type="train")
+    with pytest.raises(PolicyViolation, match="device-epsilon-cap"):  # Flower replies an error
+        app(message, context)
+    with Device.open(store, key) as device:
+        assert device.privacy_budget().epsilon == 0.0  # no unprotected round was counted
+        assert device.private_embedding() is None and device.global_model() is None
+    # Under DP the same device trains.
+    dp = _config(dp_interaction=True, dp_noise_multiplier=1.0, batch_size=8)
+    fit = fitins_to_recorddict(
+        FitIns(ndarrays_to_parameters(_global(dp)), {"server-round": 1}), True
+    )
+    res = recorddict_to_fitres(_send(dp, capped, RecordDict(), "train", fit), True)
+    assert res.metrics["dp_status"] == "trained"

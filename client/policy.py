@@ -1,0 +1,70 @@
+"""The device owner's own privacy limit, which no run config can raise.
+
+The run config (``dp-epsilon-cap``, ``dp-delta``, even ``dp-interaction``) comes from the server,
+so a device that trusted it alone would train without DP, or past any budget, whenever a server
+asked it to. A deployed SuperNode can therefore set its own limit in its node config:
+
+    flower-supernode ... --node-config 'store-path="..." store-key-file="..."
+                                        device-epsilon-cap=8.0 device-delta=1e-5'
+
+With a cap set, the device trains only under interaction-level DP, and declines (status
+"budget exhausted", nothing spent) any round after which its ε at ITS δ would pass ITS cap,
+whatever the run's own cap says. Plain Python: no Flower, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.config import RunConfig
+from shared.privacy import PrivacyHistory
+
+EPSILON_CAP = "device-epsilon-cap"
+DELTA = "device-delta"
+DEFAULT_DELTA = 1e-5
+
+
+class PolicyViolation(ValueError):
+    """The run asks for something the device's own policy forbids."""
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    epsilon_cap: float = 0.0  # 0: no limit of the device's own
+    delta: float = DEFAULT_DELTA
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, object]) -> DevicePolicy:
+        cap = _number(node_config, EPSILON_CAP, 0.0)
+        delta = _number(node_config, DELTA, DEFAULT_DELTA)
+        if cap < 0:
+            raise ValueError(f"node config {EPSILON_CAP} must be 0 (none) or positive, got {cap}")
+        if not 0 < delta < 1:
+            raise ValueError(f"node config {DELTA} must be in (0, 1), e.g. 1e-5; got {delta}")
+        if DELTA in node_config and not cap:
+            raise ValueError(f"node config sets {DELTA} without {EPSILON_CAP}: set both")
+        return cls(epsilon_cap=cap, delta=delta)
+
+    def check_run(self, config: RunConfig) -> None:
+        """Refuse, before touching any data, a run whose training no finite ε would cover."""
+        if self.epsilon_cap and not config.dp_interaction:
+            raise PolicyViolation(
+                f"this device's node config sets {EPSILON_CAP}={self.epsilon_cap:g}, but the run "
+                "trains without interaction-level DP (dp-interaction = false), which no finite ε "
+                "covers: the device declines. Run with dp-interaction = true, or remove "
+                f"{EPSILON_CAP} from the device's node config to allow non-private training"
+            )
+
+    def would_pass(self, history_after: PrivacyHistory, accountant: str) -> bool:
+        """Whether the device's ε after the planned round passes its own cap (at its own δ)."""
+        return bool(self.epsilon_cap) and (
+            history_after.epsilon(self.delta, accountant) > self.epsilon_cap
+        )
+
+
+def _number(node_config: Mapping[str, object], key: str, default: float) -> float:
+    value = node_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"node config {key} must be a number (e.g. {key}=8.0), got {value!r}")
+    return float(value)

@@ -1,0 +1,70 @@
+"""The device's own ε cap: parsed from its node config, and no run config can raise it."""
+
+import numpy as np
+import pytest
+
+from client import local
+from client.dp import plan_round
+from client.policy import DevicePolicy, PolicyViolation
+from shared.models import build_model, global_arrays
+from shared.privacy import BUDGET_EXHAUSTED, TRAINED, PrivacyHistory
+from shared.split import split_for
+from tests.conftest import small_config
+
+
+def test_policy_from_node_config():
+    assert DevicePolicy.from_node_config({"store-path": "/x"}) == DevicePolicy(0.0, 1e-5)
+    got = DevicePolicy.from_node_config({"device-epsilon-cap": 4, "device-delta": 1e-6})
+    assert got == DevicePolicy(4.0, 1e-6)
+
+
+@pytest.mark.parametrize(
+    ("node_config", "message"),
+    [
+        ({"device-epsilon-cap": "eight"}, "must be a number"),
+        ({"device-epsilon-cap": True}, "must be a number"),
+        ({"device-epsilon-cap": -1.0}, "0 \\(none\\) or positive"),
+        ({"device-epsilon-cap": 8.0, "device-delta": 1.0}, "must be in \\(0, 1\\)"),
+        ({"device-delta": 1e-6}, "without device-epsilon-cap"),
+    ],
+)
+def test_bad_policy_is_refused_with_reason(node_config, message):
+    with pytest.raises(ValueError, match=message):
+        DevicePolicy.from_node_config(node_config)
+
+
+def _setup(**changes):
+    config = small_config(
+        dp_interaction=True, dp_noise_multiplier=1.0, local_epochs=2, batch_size=8, **changes
+    )
+    split = split_for(config)
+    data = split.user_data(3)
+    model = build_model(config.model, 1, split.num_items, dim=8, mlp_layers=(16, 8), seed=0)
+    return config, data, global_arrays(model)
+
+
+def test_device_cap_binds_although_the_run_sets_none():
+    config, data, params = _setup(dp_epsilon_cap=0.0)  # the server promises no limit at all
+    plan = plan_round(config, len(data.train_items))
+    delta = 1e-6  # the device's own δ, stricter than the run's 1e-5
+    one = plan.history_after(PrivacyHistory()).epsilon(delta)
+    two = plan.history_after(plan.history_after(PrivacyHistory())).epsilon(delta)
+    policy = DevicePolicy(epsilon_cap=(one + two) / 2, delta=delta)
+    first = local.train(config, data, 3, 1, params, None, PrivacyHistory(), policy)
+    assert first.status == TRAINED
+    second = local.train(
+        config, data, 3, 2, first.global_arrays, first.private, first.history, policy
+    )
+    assert second.status == BUDGET_EXHAUSTED and second.history == first.history
+    for sent, received in zip(second.global_arrays, first.global_arrays, strict=True):
+        np.testing.assert_array_equal(sent, received)
+    # At the run's looser δ the same history is under the cap: the device's δ is what counts.
+    assert plan.history_after(first.history).epsilon(config.dp_delta) < policy.epsilon_cap < two
+
+
+def test_device_cap_refuses_training_without_dp():
+    config, data, params = _setup()
+    plain = small_config()
+    with pytest.raises(PolicyViolation, match="dp-interaction = false.*device-epsilon-cap"):
+        local.train(plain, data, 3, 1, params, None, PrivacyHistory(), DevicePolicy(8.0))
+    assert local.train(plain, data, 3, 1, params, None).status == TRAINED  # no policy: allowed
