@@ -9,7 +9,9 @@ asked it to. A deployed SuperNode can therefore set its own limit in its node co
 
 With a cap set, the device trains only under interaction-level DP, and declines (status
 "budget exhausted", nothing spent) any round after which its ε at ITS δ would pass ITS cap,
-whatever the run's own cap says. Plain Python: no Flower, no torch.
+whatever the run's own cap says. A deployed device (one with a store) also never lets the run
+seed its DP noise (``dp-reproducible-noise``): the server knows that seed and could replay the
+noise and subtract it. Plain Python: no Flower, no torch.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ class PolicyViolation(ValueError):
 class DevicePolicy:
     epsilon_cap: float = 0.0  # 0: no limit of the device's own
     delta: float = DEFAULT_DELTA
+    secret_noise: bool = False  # refuse DP noise seeded from the run (deployed devices)
 
     @classmethod
-    def from_node_config(cls, node_config: Mapping[str, object]) -> DevicePolicy:
+    def from_node_config(
+        cls, node_config: Mapping[str, object], deployed: bool = False
+    ) -> DevicePolicy:
         cap = _number(node_config, EPSILON_CAP, 0.0)
         delta = _number(node_config, DELTA, DEFAULT_DELTA)
         if cap < 0:
@@ -44,16 +49,22 @@ class DevicePolicy:
             raise ValueError(f"node config {DELTA} must be in (0, 1), e.g. 1e-5; got {delta}")
         if DELTA in node_config and not cap:
             raise ValueError(f"node config sets {DELTA} without {EPSILON_CAP}: set both")
-        return cls(epsilon_cap=cap, delta=delta)
+        return cls(epsilon_cap=cap, delta=delta, secret_noise=deployed)
 
     def check_run(self, config: RunConfig) -> None:
-        """Refuse, before touching any data, a run whose training no finite ε would cover."""
+        """Refuse, before touching any data, a run whose ε would not hold or not exist."""
         if self.epsilon_cap and not config.dp_interaction:
             raise PolicyViolation(
                 f"this device's node config sets {EPSILON_CAP}={self.epsilon_cap:g}, but the run "
                 "trains without interaction-level DP (dp-interaction = false), which no finite ε "
                 "covers: the device declines. Run with dp-interaction = true, or remove "
                 f"{EPSILON_CAP} from the device's node config to allow non-private training"
+            )
+        if self.secret_noise and config.dp_interaction and config.dp_reproducible_noise:
+            raise PolicyViolation(
+                "the run sets dp-reproducible-noise = true: the device's DP noise would be "
+                "seeded from the run's seed, which the server knows and could use to remove it. "
+                "A deployed device declines; that setting is for simulations only"
             )
 
     def would_pass(self, history_after: PrivacyHistory, accountant: str) -> bool:

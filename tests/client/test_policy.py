@@ -68,3 +68,12 @@ def test_device_cap_refuses_training_without_dp():
     with pytest.raises(PolicyViolation, match="dp-interaction = false.*device-epsilon-cap"):
         local.train(plain, data, 3, 1, params, None, PrivacyHistory(), DevicePolicy(8.0))
     assert local.train(plain, data, 3, 1, params, None).status == TRAINED  # no policy: allowed
+
+
+def test_deployed_device_refuses_noise_seeded_by_the_run():
+    config, data, params = _setup(dp_reproducible_noise=True)
+    deployed = DevicePolicy.from_node_config({"store-path": "/x"}, deployed=True)
+    with pytest.raises(PolicyViolation, match="dp-reproducible-noise"):
+        local.train(config, data, 3, 1, params, None, PrivacyHistory(), deployed)
+    simulated = DevicePolicy.from_node_config({"partition-id": 3})
+    assert local.train(config, data, 3, 1, params, None, PrivacyHistory(), simulated).epsilon > 0
