@@ -41,14 +41,19 @@ def _one_clipped_step(model, data, mode):
     return dict(model.named_parameters())
 
 
-@pytest.mark.parametrize("name", ["neumf", "mf"])
-def test_ghost_clipping_update_equals_default_mode(name):
-    data = UserData(
+def _small_user() -> UserData:
+    """10 training positives among 40 items."""
+    return UserData(
         num_items=40,
         train_items=np.arange(0, 30, 3),
         test_item=1,
         eval_negatives=np.arange(2, 40, 4),
     )
+
+
+@pytest.mark.parametrize("name", ["neumf", "mf"])
+def test_ghost_clipping_update_equals_default_mode(name):
+    data = _small_user()
     base = build_model(name, 1, 40, dim=8, mlp_layers=(16, 8), seed=3)
     for p in base.parameters():  # larger weights: gradients well above the clip norm
         p.data.mul_(20)
@@ -64,12 +69,7 @@ def test_ghost_clipping_update_equals_default_mode(name):
 @pytest.mark.parametrize("sigma", [0.0, 1.0])
 def test_empty_poisson_batch_is_a_noise_only_step(sigma):
     """(1 - q)^n of the steps see no sample; they must still be noised and counted."""
-    data = UserData(
-        num_items=40,
-        train_items=np.arange(0, 30, 3),
-        test_item=1,
-        eval_negatives=np.arange(2, 40, 4),
-    )
+    data = _small_user()
     model = build_model("neumf", 1, 40, dim=8, mlp_layers=(16, 8), seed=3)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     dataset = InteractionGroups(data, negatives=4)
