@@ -97,10 +97,9 @@ class DeviceClient(NumPyClient):
 def client_fn(context: Context):
     torch.set_num_threads(1)  # one thread per Ray actor: actors already fill the cores
     config = RunConfig.from_mapping(context.run_config)
-    policy = DevicePolicy.from_node_config(
-        context.node_config, deployed=on_device.uses_store(context.node_config)
-    )
-    if on_device.uses_store(context.node_config):
+    deployed = on_device.uses_store(context.node_config)
+    policy = DevicePolicy.from_node_config(context.node_config, deployed=deployed)
+    if deployed:
         run = on_device.StoreRun.open(config, context.node_config, context.run_id)
         run.restore(context.state, PRIVATE_RECORD, HISTORY_RECORD)
         return DeviceClient(config, run.data, run.user_id, context.state, run, policy).to_client()

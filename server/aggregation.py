@@ -10,9 +10,9 @@ cohort's data. Under user-level DP the cohort size is the fixed denominator q N,
 rescaling of the privatized average (post-processing, no privacy cost).
 
 The server then steps like FedAvgM: v = momentum v + step, params += server_learning_rate v
-(momentum 0 and rate 1 apply the step as it is). Under DP the noise of successive rounds is
-independent while the signal persists, so momentum averages noise away (DP-FedAvg, McMahan et al.
-2018, used 0.9).
+(momentum 0 and rate 1 apply the step as it is; DP-FedAvg, McMahan et al. 2018, used 0.9).
+Under DP, momentum smooths the independent noise of successive rounds, but with small steps a
+rate of lr (1 - momentum) moves signal and accumulated noise like plain steps of rate lr.
 """
 
 from __future__ import annotations
