@@ -1,0 +1,76 @@
+"""Every seeded random stream, named: ``(seed, purpose, user, round, epoch)`` in one place.
+
+A stream is a NumPy generator seeded by a tuple whose second element names its purpose, so two
+purposes never share draws and one user's draws never depend on another user's (a device can
+reproduce its own evaluation negatives from its own data alone). The numbers are part of every
+seeded result: changing one changes every run that uses it.
+
+Randomness that a DP guarantee rests on (DP-SGD noise and Poisson batches on the devices, the
+server's user-level sampling and noise) is NOT drawn from these streams unless a research run
+sets ``dp-reproducible-noise``: anyone who knows the run's seed (it is in config.json) could
+replay it. :func:`secret_seed` is the source for those.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import IntEnum
+
+import numpy as np
+
+
+class Stream(IntEnum):
+    EVAL_NEGATIVES = 1  # a user's fixed evaluation negatives
+    TRAIN_NEGATIVES = 2  # a user's training negatives, fresh every round and epoch
+    USER_EMBEDDING = 3  # a device's initial private embedding
+    DEVICE_TORCH = 4  # torch's generator on a device (reproducible-noise runs only under DP)
+    USER_DP_SAMPLING = 6  # the server's Poisson sampling under user-level DP (research runs)
+    USER_DP_NOISE = 7  # the server's Gaussian noise under user-level DP (research runs)
+    AUDIT_ATTACK = 11  # the item-inference attack's random directions
+    AUDIT_USERS = 12  # which users an item-inference audit looks at
+    DP_LIMITS_COHORT = 13  # the cohort the noise-to-signal diagnostic measures
+
+
+# A round's epochs get indices ``round * EPOCHS_PER_ROUND + epoch``; personalization (before
+# ranking) uses ``PERSONALIZE_BASE + epoch``, far from any training round.
+EPOCHS_PER_ROUND = 1000
+PERSONALIZE_BASE = 10**9
+
+
+def generator(seed: int, stream: Stream, *ids: int) -> np.random.Generator:
+    """The generator of one purpose, optionally for one user / round / epoch."""
+    return np.random.default_rng((seed, int(stream), *ids))
+
+
+def eval_negatives_rng(seed: int, user: int) -> np.random.Generator:
+    return generator(seed, Stream.EVAL_NEGATIVES, user)
+
+
+def train_negatives_rng(
+    seed: int, user: int, server_round: int, epoch: int = 0
+) -> np.random.Generator:
+    """One user's training negatives (and batch order) in one epoch of one round."""
+    return generator(seed, Stream.TRAIN_NEGATIVES, user, server_round * EPOCHS_PER_ROUND + epoch)
+
+
+def personalize_rng(seed: int, user: int, epoch: int) -> np.random.Generator:
+    """One user's negatives in one personalization epoch (re-fit before ranking, never sent)."""
+    return generator(seed, Stream.TRAIN_NEGATIVES, user, PERSONALIZE_BASE + epoch)
+
+
+def user_embedding_seed(seed: int, user: int) -> int:
+    """The torch seed of a device's initial private embedding (32 bits, as models take)."""
+    return int(
+        np.random.SeedSequence((seed, int(Stream.USER_EMBEDDING), user)).generate_state(1)[0]
+    )
+
+
+def device_torch_seed(seed: int, user: int, server_round: int) -> int:
+    """64-bit torch seed of a device's round when its randomness need not be secret."""
+    sequence = np.random.SeedSequence((seed, int(Stream.DEVICE_TORCH), user, server_round))
+    return int(sequence.generate_state(1, np.uint64)[0])
+
+
+def secret_seed(bits: int = 64) -> int:
+    """Fresh OS entropy: for randomness a DP guarantee rests on (never derivable from the seed)."""
+    return secrets.randbits(bits)

@@ -1,0 +1,36 @@
+"""Every name that crosses the network between the server and the devices, defined once.
+
+Both sides import these: a key renamed here is renamed for the server and the devices together,
+and a reader of either side can see the whole wire vocabulary in one screen. What each value may
+reveal about a device's data is said beside it (see also :func:`client.reply.shape_fit_reply`).
+"""
+
+from __future__ import annotations
+
+# -- instructions: config keys the server sends with a round (FitIns / EvaluateIns config) ------
+SERVER_ROUND = "server-round"
+# The L2 norm a device clips its whole update to under user-level DP. The value is Flower's own
+# key (``flwr.supercore.differential_privacy.KEY_CLIPPING_NORM``) so Flower's mods read it too.
+CLIP_NORM = "clipping_norm"
+# The L2 bound a device clips its update to before SecAgg+ masks it.
+SECAGG_BOUND = "confide.secagg-bound"
+
+# -- fit replies: metrics a device sends in plaintext ---------------------------------------------
+LOSS = "loss"  # training loss; never sent under DP or SecAgg+ (a function of the device's data)
+DP_STATUS = "dp_status"  # one of the statuses below (interaction-level DP only)
+DP_EPSILON = "dp_epsilon"  # the device's ε so far, rounded to EPSILON_DECIMALS
+DP_NOISE_MULTIPLIER = "dp_noise_multiplier"  # σ of this round, rounded to EPSILON_DECIMALS
+SECAGG_CLIPPED = "secagg_clipped"  # coordinates SecAgg+'s quantizer would clip (0 by design)
+# Rounded: the exact ε and σ would reveal the device's sampling rate, hence its data size.
+EPSILON_DECIMALS = 1
+
+# -- fit reply statuses (DP_STATUS) ---------------------------------------------------------------
+TRAINED = "trained"
+BUDGET_EXHAUSTED = "budget-exhausted"  # declined: the round would pass an ε cap; nothing trained
+
+# -- evaluate replies: metrics every evaluated device sends ----------------------------------------
+HR10 = "hr10"
+NDCG10 = "ndcg10"
+FULL_HR10 = "full_hr10"
+FULL_NDCG10 = "full_ndcg10"
+EVAL_METRICS = (HR10, NDCG10, FULL_HR10, FULL_NDCG10)
