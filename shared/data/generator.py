@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from shared.data.interactions import Interactions
+from shared.streams import synthetic_rng
 
 _SYNTH_T0 = 880_000_000  # ~Nov 1997, MovieLens-like epoch seconds
 _SYNTH_START_SPREAD = 2 * 365 * 86_400  # users join over two years
@@ -53,7 +54,7 @@ def synthetic(
             f"num_items={num_items} allows at most {cap} items per user, fewer than "
             f"min_per_user={min_per_user}"
         )
-    rng = np.random.default_rng(seed)
+    rng = synthetic_rng(seed)
     user_f = rng.standard_normal((num_users, dim))
     item_f = rng.standard_normal((num_items, dim))
     # Random ranking so that an item's id says nothing about its popularity.
