@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.data import Interactions, load_dataset
+from shared.data import DataSource, Interactions
 from shared.streams import eval_negatives_rng
 
 if TYPE_CHECKING:
@@ -151,34 +151,13 @@ def training_examples(
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_split(
-    dataset: str,
-    data_dir: str,
-    seed: int,
-    synthetic_users: int,
-    synthetic_items: int,
-    eval_negatives: int,
-) -> LeaveOneOut:
-    data = load_dataset(
-        dataset,
-        data_dir or None,
-        seed=seed,
-        synthetic_users=synthetic_users,
-        synthetic_items=synthetic_items,
-    )
-    return leave_one_out(data, num_eval_negatives=eval_negatives, seed=seed)
+def _cached_split(source: DataSource, eval_negatives: int) -> LeaveOneOut:
+    return leave_one_out(source.load(), num_eval_negatives=eval_negatives, seed=source.seed)
 
 
 def split_for(config: RunConfig) -> LeaveOneOut:
     """The run's split, loaded once per process (simulated clients share an actor process)."""
-    split = _cached_split(
-        config.dataset,
-        config.data_dir,
-        config.seed,
-        config.synthetic_users,
-        config.synthetic_items,
-        config.eval_negatives,
-    )
+    split = _cached_split(DataSource.of(config), config.eval_negatives)
     if config.num_items and config.num_items != split.num_items:
         from shared.config import ConfigError
 

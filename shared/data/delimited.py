@@ -29,6 +29,12 @@ from shared.data.reading import (
 
 CSV_FORMAT = "user,item[,rating][,timestamp] (rating and timestamp numeric)"
 
+# The config keys ``csv-delimiter`` and ``csv-header`` (detection guesses; a file whose first
+# row is ambiguous, e.g. string ids without a header, needs them said).
+AUTO = "auto"  # detect it from the file's first lines
+CSV_HEADERS = (AUTO, "yes", "no")
+_HEADER_CHOICES = {AUTO: None, "yes": True, "no": False}
+
 # Header names (lower-cased, non-alphanumerics dropped) used to spot a header row and to pick
 # columns by name; exact matches only, so ids such as "user_7" are never mistaken for names.
 _USER_NAMES = frozenset({"user", "userid", "uid", "users", "customer", "customerid", "reviewerid"})
@@ -123,6 +129,13 @@ def _resolve_csv(path: PathLike) -> Path:
         f"{p} not found: expected a CSV/TSV ratings file ({CSV_FORMAT}) or a directory "
         f"containing exactly one"
     )
+
+
+def csv_options(delimiter: str, header: str) -> tuple[str | None, bool | None]:
+    """``csv-delimiter`` / ``csv-header`` values as :func:`load_csv` takes them (None: detect)."""
+    if header not in _HEADER_CHOICES:
+        raise ValueError(f"csv header must be one of {', '.join(CSV_HEADERS)}, got {header!r}")
+    return (None if delimiter == AUTO else delimiter), _HEADER_CHOICES[header]
 
 
 def load_csv(

@@ -1,4 +1,9 @@
-"""The seeded synthetic generator: implicit feedback with learnable structure, no files."""
+"""The seeded synthetic generator: implicit feedback with learnable structure, no files.
+
+Only the size (``synthetic-users``, ``synthetic-items``) and the run ``seed`` are options; the
+shape of the data (latent size, activity range, popularity skew) is fixed below, because results
+measured on synthetic data are compared across runs only while that shape stays the same.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,12 @@ import numpy as np
 from shared.data.interactions import Interactions
 from shared.streams import synthetic_rng
 
+# The shape of every synthetic data set (changing one changes every seeded synthetic result).
+LATENT_DIM = 8  # size of the users' and items' Gaussian taste factors
+MIN_PER_USER = 10  # fewest interactions a user has (>= 2: one to hold out, one to train on)
+MAX_PER_USER = 150  # most interactions a user has (before the catalogue cap below)
+POPULARITY_EXPONENT = 0.8  # Zipf-like popularity (rank + 1) ** -POPULARITY_EXPONENT
+
 _SYNTH_T0 = 880_000_000  # ~Nov 1997, MovieLens-like epoch seconds
 _SYNTH_START_SPREAD = 2 * 365 * 86_400  # users join over two years
 _SYNTH_MEAN_GAP = 6 * 3_600  # mean seconds between a user's consecutive interactions
@@ -17,53 +28,38 @@ _SYNTH_ACTIVITY_SIGMA = 0.8  # log-normal spread of per-user interaction counts
 _SYNTH_MIN_NEGATIVES = 100  # 99 sampled negatives + 1 held-out positive must always exist
 
 
-def synthetic(
-    num_users: int = 300,
-    num_items: int = 500,
-    seed: int = 0,
-    *,
-    dim: int = 8,
-    min_per_user: int = 10,
-    max_per_user: int = 150,
-    popularity_exponent: float = 0.8,
-) -> Interactions:
+def synthetic(num_users: int = 300, num_items: int = 500, seed: int = 0) -> Interactions:
     """Seeded synthetic implicit feedback with learnable structure.
 
-    Users and items get Gaussian latent factors of size ``dim``; items also get a Zipf-like
-    popularity ``(rank+1) ** -popularity_exponent`` over a random ranking. Each user's activity is
-    log-normal, clipped to ``[min_per_user, max_per_user]`` and -- so that every user keeps at
-    least 100 unseen items (99 sampled negatives plus slack for a held-out positive) -- to at
-    most ``num_items - 100`` items when ``num_items > 110`` (``num_items - 1`` otherwise). Items
-    are drawn without replacement with probability proportional to
+    Users and items get Gaussian latent factors of size :data:`LATENT_DIM`; items also get a
+    Zipf-like popularity ``(rank+1) ** -POPULARITY_EXPONENT`` over a random ranking. Each user's
+    activity is log-normal, clipped to ``[MIN_PER_USER, MAX_PER_USER]`` and -- so that every user
+    keeps at least 100 unseen items (99 sampled negatives plus slack for a held-out positive) --
+    to at most ``num_items - 100`` items when ``num_items > 110`` (``num_items - 1`` otherwise).
+    Items are drawn without replacement with probability proportional to
     ``popularity * exp(affinity)`` (Gumbel top-k), then placed in random order on strictly
     increasing per-user timestamps. ``num_items`` is kept even if some item is never drawn, and
     raw ids are ``0..n-1``. The same arguments always give identical output.
     """
     if num_users < 1 or num_items < 2:
         raise ValueError(f"need num_users >= 1 and num_items >= 2, got {num_users}, {num_items}")
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
-    if min_per_user < 2:
-        raise ValueError(f"min_per_user must be >= 2 (train + held-out), got {min_per_user}")
-    if max_per_user < min_per_user:
-        raise ValueError(f"max_per_user ({max_per_user}) < min_per_user ({min_per_user})")
     cap = num_items - _SYNTH_MIN_NEGATIVES if num_items > 110 else num_items - 1
-    hi = min(max_per_user, cap)
-    if hi < min_per_user:
+    hi = min(MAX_PER_USER, cap)
+    if hi < MIN_PER_USER:
         raise ValueError(
             f"num_items={num_items} allows at most {cap} items per user, fewer than "
-            f"min_per_user={min_per_user}"
+            f"MIN_PER_USER={MIN_PER_USER}: set synthetic-items to at least {MIN_PER_USER + 1}"
         )
     rng = synthetic_rng(seed)
-    user_f = rng.standard_normal((num_users, dim))
-    item_f = rng.standard_normal((num_items, dim))
+    user_f = rng.standard_normal((num_users, LATENT_DIM))
+    item_f = rng.standard_normal((num_items, LATENT_DIM))
     # Random ranking so that an item's id says nothing about its popularity.
-    log_pop = -popularity_exponent * np.log1p(rng.permutation(num_items))
-    mu = 0.5 * (math.log(min_per_user) + math.log(hi))
+    log_pop = -POPULARITY_EXPONENT * np.log1p(rng.permutation(num_items))
+    mu = 0.5 * (math.log(MIN_PER_USER) + math.log(hi))
     counts = np.exp(rng.normal(mu, _SYNTH_ACTIVITY_SIGMA, num_users))
-    counts = np.clip(np.rint(counts), min_per_user, hi).astype(np.int64)
+    counts = np.clip(np.rint(counts), MIN_PER_USER, hi).astype(np.int64)
 
-    scale = _SYNTH_AFFINITY_SCALE / math.sqrt(dim)
+    scale = _SYNTH_AFFINITY_SCALE / math.sqrt(LATENT_DIM)
     block = max(1, (1 << 21) // num_items)  # bound the dense score matrix to ~16 MB
     chosen: list[np.ndarray] = []
     for lo in range(0, num_users, block):

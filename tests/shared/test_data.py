@@ -14,6 +14,7 @@ from shared.data import (
     DataFormatError,
     Interactions,
     from_arrays,
+    generator,
     load_csv,
     load_dataset,
     load_ml100k,
@@ -430,15 +431,15 @@ def test_synthetic_structure_popularity_and_activity() -> None:
 
 
 def test_synthetic_leaves_room_for_negatives() -> None:
-    data = synthetic(50, 130, 0, max_per_user=500)  # cap = 130 - 100 = 30
+    data = synthetic(50, 130, 0)  # cap = 130 - 100 = 30, below MAX_PER_USER
     per_user = np.bincount(data.user)
     assert per_user.max() <= 30 and per_user.min() >= 10
-    small = synthetic(20, 30, 0, min_per_user=2, max_per_user=100)  # <= 110 items: cap n-1
+    small = synthetic(20, 30, 0)  # <= 110 items: cap n-1
     assert np.bincount(small.user).max() <= 29
-    with pytest.raises(ValueError, match="min_per_user"):
-        synthetic(10, 115, 0, min_per_user=20)
-    with pytest.raises(ValueError, match="min_per_user"):
-        synthetic(10, 500, 0, min_per_user=1)
+    with pytest.raises(ValueError, match="MIN_PER_USER=10: set synthetic-items to at least 11"):
+        synthetic(10, 10, 0)  # cap 9 < MIN_PER_USER
+    # The shape is fixed, not an option: every user has one to hold out and one to train on.
+    assert generator.MIN_PER_USER >= 2 and generator.MAX_PER_USER >= generator.MIN_PER_USER
 
 
 def test_synthetic_scales() -> None:
