@@ -5,8 +5,10 @@ One module per idea: :mod:`~shared.data.interactions` (the container every sourc
 :mod:`~shared.data.movielens` and :mod:`~shared.data.delimited` (the file formats) and
 :mod:`~shared.data.generator` (synthetic data). This module names the datasets a config may pick
 and loads one by name; :class:`DataSource` is the part of a run's config that selects its
-interactions, so a new data option (a k-core, a minimum rating) is one field there and reaches
-every caller. Rows are dropped (filters) after loading and before :mod:`shared.split`.
+interactions, so a new data key is one field there and reaches every caller. Filters that drop
+rows (a k-core, a minimum rating) would be a module of their own, taking and returning
+:class:`Interactions`, applied in :meth:`DataSource.load` before :mod:`shared.split` holds out
+each user's latest interaction.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Everything is implicit feedback: each (user, item) row is a positive, whatever its rating.
 Raw ids are remapped to dense ids ``0..n-1`` in sorted order of the raw ids, duplicate
 (user, item) pairs keep their latest timestamp, and rows are sorted by (user, timestamp, item)
-so the same input always yields the same arrays. Every loader ends in :func:`from_arrays`, so
-these rules hold for every source. Filters that drop rows (a k-core, a minimum rating) take an
-:class:`Interactions` and return one rebuilt through :func:`from_arrays`.
+so the same input always yields the same arrays. Every file loader ends in :func:`from_arrays`,
+so these rules hold whatever the format (the synthetic generator builds arrays that already
+follow them).
 """
 
 from __future__ import annotations
