@@ -2,13 +2,13 @@
 
 One module per idea: :mod:`~shared.data.interactions` (the container every source ends in),
 :mod:`~shared.data.reading` (rows out of a text file, the reference parser, its error),
-:mod:`~shared.data.movielens` and :mod:`~shared.data.delimited` (the file formats) and
-:mod:`~shared.data.generator` (synthetic data). This module names the datasets a config may pick
-and loads one by name; :class:`DataSource` is the part of a run's config that selects its
-interactions, so a new data key is one field there and reaches every caller. Filters that drop
-rows (a k-core, a minimum rating) would be a module of their own, taking and returning
-:class:`Interactions`, applied in :meth:`DataSource.load` before :mod:`shared.split` holds out
-each user's latest interaction.
+:mod:`~shared.data.movielens` and :mod:`~shared.data.delimited` (the file formats),
+:mod:`~shared.data.sniff` (guessing a delimited file's layout) and :mod:`~shared.data.generator`
+(synthetic data). This module names the datasets a config may pick and loads one by name;
+:class:`DataSource` is the part of a run's config that selects its interactions, so a new data
+key is one field there and reaches every caller. Filters that drop rows (a k-core, a minimum
+rating) would be a module of their own, taking and returning :class:`Interactions`, applied in
+:meth:`DataSource.load` before :mod:`shared.split` holds out each user's latest interaction.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ detected unless the run names them (``csv-delimiter``, ``csv-header``)."""
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,12 +19,12 @@ from shared.data.reading import (
     csv_rows,
     fast_loadtxt,
     first_content_line,
-    is_number,
     parse_rows,
     read_text,
     split_lines,
     split_rows,
 )
+from shared.data.sniff import columns_from_names, detect_delimiter, looks_like_header
 
 CSV_FORMAT = "user,item[,rating][,timestamp] (rating and timestamp numeric)"
 
@@ -35,76 +34,10 @@ AUTO = "auto"  # detect it from the file's first lines
 CSV_HEADERS = (AUTO, "yes", "no")
 _HEADER_CHOICES = {AUTO: None, "yes": True, "no": False}
 
-# Header names (lower-cased, non-alphanumerics dropped) used to spot a header row and to pick
-# columns by name; exact matches only, so ids such as "user_7" are never mistaken for names.
-_USER_NAMES = frozenset({"user", "userid", "uid", "users", "customer", "customerid", "reviewerid"})
-_ITEM_NAMES = frozenset(
-    "item itemid iid items movie movieid product productid asin track trackid song songid "
-    "book bookid isbn article articleid".split()
-)
-_RATING_NAMES = frozenset({"rating", "ratings", "score", "stars", "overall", "value", "weight"})
-_TIME_NAMES = frozenset({"timestamp", "time", "ts", "unixtime", "unixreviewtime", "datetime"})
-_ALL_NAMES = _USER_NAMES | _ITEM_NAMES | _RATING_NAMES | _TIME_NAMES
-
 _DELIMITER_NAMES = {"\t": "tabs", ",": "commas", ";": "semicolons", "|": "'|'", "::": "'::'"}
 _WHITESPACE_ALIASES = ("whitespace", " ", r"\s+")
 _DELIMITER_ALIASES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 _HEADER_SAMPLE = 50
-
-
-def _norm_name(field: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", field.lower())
-
-
-def _detect_delimiter(sample: Sequence[str]) -> str | None:
-    """Pick the separator that splits every sampled line; None means runs of whitespace."""
-    if all("::" in ln for ln in sample):
-        return "::"
-    candidates = ("\t", ",", ";", "|")
-    for d in candidates:  # same non-zero count on every line: the clearest signal
-        counts = {ln.count(d) for ln in sample}
-        if len(counts) == 1 and counts != {0}:
-            return d
-    for d in candidates:  # counts vary (quoted fields, a malformed line): still present everywhere
-        if all(d in ln for ln in sample):
-            return d
-    for d in candidates:
-        if d in sample[0]:
-            return d
-    return None
-
-
-def _looks_like_header(rows: Sequence[list[str]]) -> bool:
-    first = [f.strip() for f in rows[0]]
-    if any(_norm_name(f) in _ALL_NAMES for f in first):
-        return True
-    if any(not is_number(f) for f in first[2:]):  # rating/timestamp positions must be numeric
-        return True
-    rest = rows[1:]
-    # An id column that is integer everywhere except the first row: the first row is a header.
-    return bool(rest) and any(
-        not INT_RE.match(first[c]) and all(len(r) > c and INT_RE.match(r[c].strip()) for r in rest)
-        for c in range(min(2, len(first)))
-    )
-
-
-def _columns_from_names(names: Sequence[str]) -> Columns | None:
-    norm = [_norm_name(n) for n in names]
-
-    def find(candidates: frozenset[str], taken: set[int]) -> int | None:
-        return next((k for k, n in enumerate(norm) if n in candidates and k not in taken), None)
-
-    taken: set[int] = set()
-    found = []
-    for group in (_USER_NAMES, _ITEM_NAMES, _RATING_NAMES, _TIME_NAMES):
-        k = find(group, taken)
-        found.append(k)
-        if k is not None:
-            taken.add(k)
-    user, item, rating, timestamp = found
-    if user is None or item is None:
-        return None
-    return Columns(len(names), user, item, rating, timestamp)
 
 
 def _resolve_csv(path: PathLike) -> Path:
@@ -162,7 +95,7 @@ def load_csv(
     sample = sample[:_HEADER_SAMPLE]
 
     if delimiter is None:
-        delim = _detect_delimiter(sample)
+        delim = detect_delimiter(sample)
     elif delimiter in _WHITESPACE_ALIASES:
         delim = None
     elif delimiter == "":
@@ -177,10 +110,10 @@ def load_csv(
         return csv_rows(lines, delim, begin)
 
     sample_rows = [fields for _, _, fields in _take(rows(start), _HEADER_SAMPLE)]
-    has_header = _looks_like_header(sample_rows) if header is None else header
+    has_header = looks_like_header(sample_rows) if header is None else header
     expected = f"{CSV_FORMAT}, separated by {delimiter_name}"
     first_line = lines[start]
-    cols = _columns_from_names(sample_rows[0]) if has_header else None
+    cols = columns_from_names(sample_rows[0]) if has_header else None
     if cols is None:
         n = len(sample_rows[0])
         if not 2 <= n <= 4:
