@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from shared.data import DATASETS
+from shared.data import AUTO, CSV_HEADERS, DATASETS
 from shared.models import MODELS, Recommender, build_model
 from shared.privacy import ACCOUNTANTS
 from shared.secagg import SecAggConfigError, SecAggPlan, parse_fault, plan_secagg
@@ -34,6 +34,8 @@ class RunConfig:
     seed: int
     dataset: str
     data_dir: str
+    csv_delimiter: str  # dataset "csv" only; "auto" detects it
+    csv_header: str  # dataset "csv" only: auto | yes | no
     synthetic_users: int
     synthetic_items: int
     num_items: int
@@ -175,6 +177,7 @@ class RunConfig:
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         if self.dataset != "synthetic" and not self.data_dir:
             raise ConfigError(f"dataset {self.dataset!r} needs data-dir: the path to its files")
+        self._validate_csv()
         try:
             layers = self.layers
         except ValueError:
@@ -205,6 +208,19 @@ class RunConfig:
             value = getattr(self, key)
             if not ok(value):
                 raise ConfigError(f"{key.replace('_', '-')} must be {requirement}, got {value!r}")
+
+    def _validate_csv(self) -> None:
+        _one_of("csv-header", self.csv_header, CSV_HEADERS)
+        if not self.csv_delimiter:
+            raise ConfigError(
+                'csv-delimiter is empty: set "auto" to detect it, or the separator, e.g. ";", '
+                '"tab", "whitespace"'
+            )
+        if self.dataset != "csv" and (self.csv_delimiter, self.csv_header) != (AUTO, AUTO):
+            raise ConfigError(
+                f"csv-delimiter and csv-header apply to dataset 'csv' only; {self.dataset!r} "
+                f'has a fixed format: set both to "auto" or use dataset = "csv"'
+            )
 
     def _validate_privacy(self) -> None:
         _one_of("dp-accountant", self.dp_accountant, ACCOUNTANTS)

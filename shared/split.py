@@ -1,7 +1,8 @@
 """Leave-one-out split, evaluation negatives and training negatives (DESIGN.md §7).
 
-Per-user randomness is seeded by ``(seed, purpose, user)``, so a user's negatives do not depend on
-any other user: a device can reproduce its own evaluation set from its own data alone.
+Per-user randomness comes from :mod:`shared.streams` (seeded by ``(seed, purpose, user)``), so a
+user's negatives do not depend on any other user: a device can reproduce its own evaluation set
+from its own data alone.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.data import Interactions, load_dataset
+from shared.data import DataSource, Interactions
+from shared.streams import eval_negatives_rng
 
 if TYPE_CHECKING:
     from shared.config import RunConfig
-
-_EVAL_NEGATIVES = 1  # stream ids for per-user generators
-_TRAIN_NEGATIVES = 2
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,6 @@ class UserData:
     train_items: np.ndarray
     test_item: int
     eval_negatives: np.ndarray
-
-
-def _user_rng(seed: int, stream: int, user: int) -> np.random.Generator:
-    return np.random.default_rng((seed, stream, user))
 
 
 def sample_excluding(
@@ -116,7 +111,7 @@ def leave_one_out(
     starts = ends - counts
     for user in range(data.num_users):
         seen = items[starts[user] : ends[user]]
-        rng = _user_rng(seed, _EVAL_NEGATIVES, user)
+        rng = eval_negatives_rng(seed, user)
         negatives[user] = np.sort(sample_excluding(rng, data.num_items, seen, num_eval_negatives))
     return LeaveOneOut(
         num_users=data.num_users,
@@ -134,7 +129,8 @@ def training_examples(
     """One epoch of (item, label) pairs for one user: every positive plus fresh negatives.
 
     Negatives are drawn uniformly, with replacement, from items outside the user's training
-    set, as in the NCF reference (resampled every epoch).
+    set, as in the NCF reference (resampled every epoch: ``rng`` is the user's
+    :func:`shared.streams.train_negatives_rng` of that round and epoch).
     """
     count = len(train_items) * negatives_per_positive
     allowed = num_items - len(train_items)
@@ -154,40 +150,14 @@ def training_examples(
     return items, labels
 
 
-def train_rng(seed: int, user: int, round_: int) -> np.random.Generator:
-    """Generator for one user's training negatives in one round (or epoch)."""
-    return np.random.default_rng((seed, _TRAIN_NEGATIVES, user, round_))
-
-
 @functools.lru_cache(maxsize=2)
-def _cached_split(
-    dataset: str,
-    data_dir: str,
-    seed: int,
-    synthetic_users: int,
-    synthetic_items: int,
-    eval_negatives: int,
-) -> LeaveOneOut:
-    data = load_dataset(
-        dataset,
-        data_dir or None,
-        seed=seed,
-        synthetic_users=synthetic_users,
-        synthetic_items=synthetic_items,
-    )
-    return leave_one_out(data, num_eval_negatives=eval_negatives, seed=seed)
+def _cached_split(source: DataSource, eval_negatives: int) -> LeaveOneOut:
+    return leave_one_out(source.load(), num_eval_negatives=eval_negatives, seed=source.seed)
 
 
 def split_for(config: RunConfig) -> LeaveOneOut:
     """The run's split, loaded once per process (simulated clients share an actor process)."""
-    split = _cached_split(
-        config.dataset,
-        config.data_dir,
-        config.seed,
-        config.synthetic_users,
-        config.synthetic_items,
-        config.eval_negatives,
-    )
+    split = _cached_split(DataSource.of(config), config.eval_negatives)
     if config.num_items and config.num_items != split.num_items:
         from shared.config import ConfigError
 

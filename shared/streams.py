@@ -58,6 +58,28 @@ def personalize_rng(seed: int, user: int, epoch: int) -> np.random.Generator:
     return generator(seed, Stream.TRAIN_NEGATIVES, user, PERSONALIZE_BASE + epoch)
 
 
+def synthetic_rng(seed: int) -> np.random.Generator:
+    """The synthetic generator's one stream: the data set itself (every draw, in a fixed order).
+
+    Seeded by the run seed alone, without a purpose element: it predates the named streams, and
+    a purpose element would change every synthetic data set and every result measured on one.
+    """
+    return np.random.default_rng(seed)
+
+
+def centralized_shuffle_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The centralized baseline's batch order in one epoch (its negatives are the devices' own
+    :func:`train_negatives_rng` streams, so pooled and federated training see the same data).
+
+    ``(seed, epoch)`` without a purpose element, as before the streams were named: adding one
+    would change every seeded centralized result. NumPy pads seed tuples with zeros, so epoch
+    ``e`` draws the same numbers as ``generator(seed, Stream(e), 0)`` (epoch 1: user 0's
+    evaluation negatives). Harmless in practice (one permutation of the pooled rows, one user's
+    negatives), but a new stream should not reuse the pattern.
+    """
+    return np.random.default_rng((seed, epoch))
+
+
 def user_embedding_seed(seed: int, user: int) -> int:
     """The torch seed of a device's initial private embedding (32 bits, as models take)."""
     return int(

@@ -11,8 +11,7 @@ from torch import nn
 from shared.metrics import full_ranking_metrics, sampled_metrics
 from shared.models import Recommender
 from shared.split import UserData
-
-METRIC_KEYS = ("hr10", "ndcg10", "full_hr10", "full_ndcg10")
+from shared.wire import EVAL_METRICS, FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -57,7 +56,7 @@ def evaluate_user(model: Recommender, user: int, data: UserData, k: int = 10) ->
     scores = model.score_all_items(user).numpy()
     hr, nd = sampled_metrics(scores[data.test_item], scores[data.eval_negatives], k)
     full_hr, full_nd = full_ranking_metrics(scores, data.test_item, data.train_items, k)
-    return {"hr10": hr, "ndcg10": nd, "full_hr10": full_hr, "full_ndcg10": full_nd}
+    return {HR10: hr, NDCG10: nd, FULL_HR10: full_hr, FULL_NDCG10: full_nd}
 
 
 def evaluation_loss(model: Recommender, user: int, data: UserData) -> float:
@@ -75,4 +74,4 @@ def evaluate_users(
 ) -> dict[str, float]:
     """Mean metrics over users (``users[i]`` is the model's row for ``data[i]``)."""
     rows = [evaluate_user(model, u, d, k) for u, d in zip(users, data, strict=True)]
-    return {key: float(np.mean([r[key] for r in rows])) for key in METRIC_KEYS}
+    return {key: float(np.mean([r[key] for r in rows])) for key in EVAL_METRICS}

@@ -12,8 +12,10 @@ import numpy as np
 from shared.config import RunConfig
 from shared.models import build_model, global_arrays, global_names
 from shared.rundir import RunDirectory
-from shared.split import split_for, train_rng, training_examples
+from shared.split import split_for, training_examples
+from shared.streams import centralized_shuffle_rng, train_negatives_rng
 from shared.training import evaluate_users, make_optimizer, train_epoch
+from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 
 def run_centralized(config: RunConfig, echo=print) -> RunDirectory:
@@ -45,7 +47,7 @@ def run_centralized(config: RunConfig, echo=print) -> RunDirectory:
                 data.train_items,
                 split.num_items,
                 config.train_negatives,
-                train_rng(config.seed, user, epoch * 1000),
+                train_negatives_rng(config.seed, user, server_round=epoch),
             )
             users.append(np.full(len(user_items), user))
             items.append(user_items)
@@ -57,7 +59,7 @@ def run_centralized(config: RunConfig, echo=print) -> RunDirectory:
             np.concatenate(items),
             np.concatenate(labels),
             config.centralized_batch_size,
-            np.random.default_rng((config.seed, epoch)),
+            centralized_shuffle_rng(config.seed, epoch),
         )
         record: dict[str, float | int] = {"epoch": epoch, "train_loss": loss}
         if epoch % config.eval_every == 0 or epoch == config.centralized_epochs:
@@ -73,9 +75,9 @@ def run_centralized(config: RunConfig, echo=print) -> RunDirectory:
 
 def progress(record: dict, total: int) -> str:
     line = f"[confide] epoch {record['epoch']}/{total} | loss {record['train_loss']:.4f}"
-    if "hr10" in record:
+    if HR10 in record:
         line += (
-            f" | HR@10 {record['hr10']:.4f} NDCG@10 {record['ndcg10']:.4f}"
-            f" (full {record['full_hr10']:.4f}/{record['full_ndcg10']:.4f})"
+            f" | HR@10 {record[HR10]:.4f} NDCG@10 {record[NDCG10]:.4f}"
+            f" (full {record[FULL_HR10]:.4f}/{record[FULL_NDCG10]:.4f})"
         )
     return line + f" | {record['epoch_seconds']:.1f}s"

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from shared.data import from_arrays, synthetic
-from shared.split import leave_one_out, sample_excluding, train_rng, training_examples
+from shared.split import leave_one_out, sample_excluding, training_examples
+from shared.streams import train_negatives_rng
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +63,12 @@ def test_sample_excluding_dense_and_sparse_paths():
 
 def test_training_negatives_resampled_each_round_and_exclude_positives():
     positives = np.array([1, 5, 9])
-    items, labels = training_examples(positives, 50, 4, train_rng(0, 3, 1))
+    items, labels = training_examples(positives, 50, 4, train_negatives_rng(0, 3, 1))
     assert labels.tolist() == [1.0] * 3 + [0.0] * 12
     assert items[:3].tolist() == positives.tolist()
     assert not set(items[3:].tolist()) & set(positives.tolist())
-    again, _ = training_examples(positives, 50, 4, train_rng(0, 3, 1))
-    other, _ = training_examples(positives, 50, 4, train_rng(0, 3, 2))
+    again, _ = training_examples(positives, 50, 4, train_negatives_rng(0, 3, 1))
+    other, _ = training_examples(positives, 50, 4, train_negatives_rng(0, 3, 2))
     np.testing.assert_array_equal(items, again)
     assert not np.array_equal(items, other)
 
