@@ -21,7 +21,7 @@ from client.policy import PolicyViolation
 from client.state import HISTORY_RECORD, PRIVATE_RECORD
 from client.store_adapter import StoreRun, read_key_file, store_key
 from shared.models import build_model, global_arrays
-from shared.wire import DP_STATUS, EVAL_METRICS, SERVER_ROUND, TRAINED
+from shared.wire import DP_STATUS, EVAL_METRICS, LOSS, SERVER_ROUND, TRAINED
 from tests.client.test_app import task_identity  # noqa: F401  (fixture: act as a task)
 from tests.conftest import small_config
 
@@ -255,3 +255,35 @@ def test_device_policy_refuses_a_run_without_dp_and_keeps_the_store_as_it_was(tm
     fit = fitins_to_recorddict(FitIns(ndarrays_to_parameters(_global(dp)), {SERVER_ROUND: 1}), True)
     res = recorddict_to_fitres(_send(dp, capped, RecordDict(), "train", fit), True)
     assert res.metrics[DP_STATUS] == TRAINED
+
+
+def test_deployed_device_refuses_the_test_fault_hook_and_keeps_the_store_as_it_was(tmp_path):
+    """A server must not be able to make a deployed device drop out on command (client.mods)."""
+    store, key, node_config = _deployed(tmp_path, [3, 8, 15])
+    files = sorted(store.parent.iterdir())
+    before = store.read_bytes()
+    config = _config(test_secagg_fault="1:collect:0")
+    params = ndarrays_to_parameters(_global(config))
+    messages = {
+        "train": fitins_to_recorddict(FitIns(params, {SERVER_ROUND: 1}), True),
+        "evaluate": evaluateins_to_recorddict(EvaluateIns(params, {SERVER_ROUND: 1}), True),
+    }
+    for message_type, content in messages.items():
+        state = RecordDict()
+        context = Context(
+            run_id=1,
+            node_id=7,
+            node_config=node_config,
+            state=state,
+            run_config=config.to_mapping(),
+        )
+        message = Message(content=content, dst_node_id=7, message_type=message_type)
+        with pytest.raises(PolicyViolation, match="test-secagg-fault"):  # Flower replies an error
+            app(message, context)
+        assert not state.array_records  # nothing restored, nothing trained
+    assert sorted(store.parent.iterdir()) == files and store.read_bytes() == before
+    # The same run without the hook trains.
+    res = recorddict_to_fitres(
+        _send(_config(), node_config, RecordDict(), "train", messages["train"]), True
+    )
+    assert set(res.metrics) == {LOSS}

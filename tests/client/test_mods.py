@@ -14,6 +14,7 @@ from flwr.compat.common.recorddict_compat import (
 )
 
 from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
+from client.policy import PolicyViolation
 from shared.wire import CLIP_NORM, LOSS, SECAGG_BOUND, SECAGG_CLIPPED, SERVER_ROUND
 from tests.client.test_app import task_identity  # noqa: F401  (autouse fixture)
 from tests.conftest import small_config
@@ -105,3 +106,20 @@ def test_fault_injection_only_where_and_when_asked():
     hang = fault | {"test-secagg-fault": "2:collect:3:hang"}
     with pytest.raises(RuntimeError, match="test fault"):  # after sleeping past the timeout
         fault_injection_mod(collect, _context(**hang), _device(SENT))
+
+
+def test_a_deployed_device_refuses_the_fault_hook_on_every_message():
+    """The hook would let a server make devices drop out on command: only simulations honour it.
+
+    ``-1`` is the id a device without a partition-id would have had: before the refusal, such a
+    spec reached every deployed device.
+    """
+    fault = {"test-secagg-fault": "2:collect:-1", "secagg-timeout": 0.01}
+    collect = _train_message({SERVER_ROUND: 2}, stage="collect_masked_vectors")
+    plain = _train_message({SERVER_ROUND: 2})
+    for msg in (collect, plain):
+        deployed = Context(1, 7, {"store-path": "/x/confide.db"}, RecordDict(), fault)
+        with pytest.raises(PolicyViolation, match="test-secagg-fault.*for tests only"):
+            fault_injection_mod(msg, deployed, _device(SENT))
+    without = Context(1, 7, {"store-path": "/x/confide.db"}, RecordDict(), {})
+    assert not fault_injection_mod(collect, without, _device(SENT)).has_error()

@@ -83,3 +83,11 @@ def test_deployed_device_refuses_noise_seeded_by_the_run():
         training_round.train(config, data, 3, 1, params, None, PrivacyHistory(), simulated).epsilon
         > 0
     )
+
+
+def test_deployed_device_refuses_the_test_fault_hook():
+    deployed = DevicePolicy.from_node_config({"store-path": "/x"}, deployed=True)
+    with pytest.raises(PolicyViolation, match="test-secagg-fault = '1:collect:0'.*SecAgg"):
+        deployed.check_test_faults("1:collect:0")
+    deployed.check_test_faults("")  # not set: nothing to refuse
+    DevicePolicy.from_node_config({"partition-id": 3}).check_test_faults("1:collect:0")
