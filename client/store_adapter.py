@@ -93,7 +93,8 @@ class StoreState:
 
     Reads come from Flower's node state, which :meth:`StoreRun.open` fills from the store;
     writes go to both. The store is the source of truth (each message may be a fresh process);
-    the node state is kept in step so that code reading ``context.state`` sees the same.
+    the node state, which Flower keeps for the run, is kept in step so it never holds a stale
+    embedding or accountant.
     """
 
     path: Path

@@ -45,6 +45,9 @@ NO_POLICY = DevicePolicy()
 
 @dataclass(frozen=True)
 class TrainResult:
+    """Everything one round computed. ``private`` never leaves the device; what of the rest may
+    is decided in :func:`client.reply.shape_fit_reply`."""
+
     global_arrays: list[np.ndarray]
     private: dict[str, np.ndarray]
     loss: float
