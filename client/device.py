@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from client.local import LOCAL_USER, device_model, personalize
 from client.store import EncryptedStore, Interaction
+from client.training_round import LOCAL_USER, device_model, personalize
 from shared.config import RunConfig
 from shared.models import private_state
 from shared.privacy import PrivacyHistory

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from shared.config import RunConfig
 from shared.privacy import PrivacyHistory, noise_for_target
 from shared.quiet import import_opacus_quietly
-from shared.split import UserData, train_rng, training_examples
+from shared.split import UserData, training_examples
+from shared.streams import train_negatives_rng
 from shared.training import make_optimizer
 
 GRAD_SAMPLE_MODE = "ghost"
@@ -125,7 +126,7 @@ def train_private(
 ) -> tuple[float, PrivacyHistory]:
     """Local DP-SGD in place on ``model``; returns (mean loss, history including this round)."""
     dataset = InteractionGroups(data, config.train_negatives)
-    dataset.resample(train_rng(config.seed, user_id, server_round * 1000))
+    dataset.resample(train_negatives_rng(config.seed, user_id, server_round))
     import_opacus_quietly()  # on first use only: see shared.quiet and shared.privacy
     from opacus import PrivacyEngine
 
@@ -148,7 +149,7 @@ def train_private(
     losses = []
     for epoch in range(config.local_epochs):
         if epoch:
-            dataset.resample(train_rng(config.seed, user_id, server_round * 1000 + epoch))
+            dataset.resample(train_negatives_rng(config.seed, user_id, server_round, epoch))
         for items, labels in loader:
             loss = private_step(module, dp_optimizer, criterion, items, labels)
             if loss is not None:

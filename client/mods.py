@@ -25,10 +25,13 @@ from flwr.compat.common.recorddict_compat import (
     recorddict_to_fitins,
     recorddict_to_fitres,
 )
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from client.policy import TEST_FAULT, DevicePolicy
+from client.reply import shape_masked_reply
+from client.store_adapter import uses_store
 from shared.privacy import clip_update
-from shared.secagg import BOUND_KEY, CLIPPED_METRIC, STAGES, parse_fault, quantizer_clip_count
+from shared.secagg import STAGES, parse_fault, quantizer_clip_count
+from shared.wire import CLIP_NORM, SECAGG_BOUND
 
 _STAGE_NAMES = dict(zip(Stage.all(), STAGES, strict=True))  # Flower's names -> ours
 
@@ -60,7 +63,7 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
         return call_next(msg, ctxt)
     fit_ins = recorddict_to_fitins(msg.content, keep_input=True)
-    norm, bound = fit_ins.config.get(KEY_CLIPPING_NORM), fit_ins.config.get(BOUND_KEY)
+    norm, bound = fit_ins.config.get(CLIP_NORM), fit_ins.config.get(SECAGG_BOUND)
     if norm is None and bound is None:
         return call_next(msg, ctxt)
     reply = call_next(msg, ctxt)
@@ -83,8 +86,9 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
         limit = float(bound) if norm is None else min(float(bound), float(norm))
         clipped, _ = clip_update(update, limit)
         fit_res.parameters = ndarrays_to_parameters(clipped)
-        fit_res.num_examples = 1  # uniform weights; the server sees this count in plaintext
-        fit_res.metrics[CLIPPED_METRIC] = _quantizer_clips(ctxt, clipped)
+        fit_res.num_examples, fit_res.metrics = shape_masked_reply(
+            fit_res.metrics, _quantizer_clips(ctxt, clipped)
+        )
     reply.content = fitres_to_recorddict(fit_res, keep_input=True)
     return reply
 
@@ -108,11 +112,20 @@ def _quantizer_clips(ctxt: Context, update: list[np.ndarray]) -> int:
 def fault_injection_mod(msg: Message, ctxt: Context, call_next) -> Message:
     """TEST ONLY: make chosen devices fail at a chosen SecAgg+ stage (``test-secagg-fault``).
 
-    Inactive unless the run sets ``test-secagg-fault`` (empty by default). A failing device
-    raises, or with ``:hang`` sleeps past ``secagg-timeout`` first, as a crashed or silent device
-    would; the server must carry on with the survivors or skip the round.
+    Why it exists: devices of a real cohort crash or go silent mid-protocol, and a simulation's
+    never do. The end-to-end tests set ``test-secagg-fault`` to make chosen devices fail at
+    chosen stages of chosen rounds, to prove that the server carries on with the survivors (or
+    skips the round) and that the survivors' sum is still exact. A failing device raises, or with
+    ``:hang`` sleeps past ``secagg-timeout`` first, as a crashed or silent device would.
+
+    Inactive unless the run sets it (empty by default). A deployed device (its node config names
+    a store) refuses every message of a run that sets it, before anything is trained or stored
+    (:meth:`client.policy.DevicePolicy.check_test_faults`), as it refuses
+    ``dp-reproducible-noise``: otherwise a server could make devices drop out on command, e.g.
+    to shrink a SecAgg+ cohort until a sum reveals one device.
     """
-    spec = str(ctxt.run_config.get("test-secagg-fault", ""))
+    spec = str(ctxt.run_config.get(TEST_FAULT, ""))
+    DevicePolicy(deployed=uses_store(ctxt.node_config)).check_test_faults(spec)
     if not spec or not msg.has_content() or RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, ctxt)
     stage = _STAGE_NAMES.get(str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)))

@@ -9,9 +9,17 @@ asked it to. A deployed SuperNode can therefore set its own limit in its node co
 
 With a cap set, the device trains only under interaction-level DP, and declines (status
 "budget exhausted", nothing spent) any round after which its ε at ITS δ would pass ITS cap,
-whatever the run's own cap says. A deployed device (one with a store) also never lets the run
-seed its DP noise (``dp-reproducible-noise``): the server knows that seed and could replay the
-noise and subtract it. Plain Python: no Flower, no torch.
+whatever the run's own cap says.
+
+A deployed device (one with a store) also refuses the run settings that exist for simulations
+only, because each would hand the server a lever over the device:
+
+- ``dp-reproducible-noise``: its DP noise would be seeded from the run's seed, which the server
+  knows, so the server could replay the noise and subtract it;
+- ``test-secagg-fault``: the server could make it drop out on command (see
+  :func:`client.mods.fault_injection_mod`).
+
+Plain Python: no Flower, no torch.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from shared.privacy import PrivacyHistory
 EPSILON_CAP = "device-epsilon-cap"
 DELTA = "device-delta"
 DEFAULT_DELTA = 1e-5
+TEST_FAULT = "test-secagg-fault"  # the run config key of the test-only fault hook
 
 
 class PolicyViolation(ValueError):
@@ -35,7 +44,7 @@ class PolicyViolation(ValueError):
 class DevicePolicy:
     epsilon_cap: float = 0.0  # 0: no limit of the device's own
     delta: float = DEFAULT_DELTA
-    secret_noise: bool = False  # refuse DP noise seeded from the run (deployed devices)
+    deployed: bool = False  # refuse the settings meant for simulations only (see above)
 
     @classmethod
     def from_node_config(
@@ -49,7 +58,7 @@ class DevicePolicy:
             raise ValueError(f"node config {DELTA} must be in (0, 1), e.g. 1e-5; got {delta}")
         if DELTA in node_config and not cap:
             raise ValueError(f"node config sets {DELTA} without {EPSILON_CAP}: set both")
-        return cls(epsilon_cap=cap, delta=delta, secret_noise=deployed)
+        return cls(epsilon_cap=cap, delta=delta, deployed=deployed)
 
     def check_run(self, config: RunConfig) -> None:
         """Refuse, before touching any data, a run whose ε would not hold or not exist."""
@@ -60,11 +69,20 @@ class DevicePolicy:
                 "covers: the device declines. Run with dp-interaction = true, or remove "
                 f"{EPSILON_CAP} from the device's node config to allow non-private training"
             )
-        if self.secret_noise and config.dp_interaction and config.dp_reproducible_noise:
+        if self.deployed and config.dp_interaction and config.dp_reproducible_noise:
             raise PolicyViolation(
                 "the run sets dp-reproducible-noise = true: the device's DP noise would be "
                 "seeded from the run's seed, which the server knows and could use to remove it. "
                 "A deployed device declines; that setting is for simulations only"
+            )
+
+    def check_test_faults(self, spec: str) -> None:
+        """Refuse a run that sets the test-only fault hook (``spec``: its value), if deployed."""
+        if self.deployed and spec:
+            raise PolicyViolation(
+                f"the run sets {TEST_FAULT} = {spec!r}: that hook makes devices fail on the "
+                "server's command, which would let a server shrink a SecAgg+ cohort until a sum "
+                "reveals one device. A deployed device declines; that setting is for tests only"
             )
 
     def would_pass(self, history_after: PrivacyHistory, accountant: str) -> bool:

@@ -23,10 +23,10 @@ from typing import TypeVar
 import grpc
 
 from client.device import Device, ModelNotReady, PrivacyBudget, Recommendation
-from client.on_device import read_key_file
 from client.proto import device_pb2 as pb
 from client.proto import device_pb2_grpc as pb_grpc
 from client.store import StoreError, TamperedError
+from client.store_adapter import read_key_file
 
 T = TypeVar("T")
 

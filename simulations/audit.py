@@ -1,8 +1,9 @@
 """``confide audit item-inference``: run the honest-but-curious server's attack on real updates.
 
-The updates are produced in-process by the devices' own training code (``client.local.train``,
-seeded per device and round, exactly as in a simulation), one local round per user from one
-global model: the final model of a finished run (RUN_DIR), or the initial model of a config.
+The updates are produced in-process by the devices' own training code
+(``client.training_round.train``, seeded per device and round, exactly as in a simulation), one
+local round per user from one global model: the final model of a finished run (RUN_DIR), or
+the initial model of a config.
 What the server sees is then reproduced without running the protocol: without SecAgg+ each
 device's (clipped) update, with SecAgg+ the sum over a cohort, which is what SecAgg+ outputs (the
 end-to-end tests check it equals the plain sum to 1e-4). The attack itself is in
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client import local
+from client import training_round
 from server.audit import audit, table
 from shared.config import RunConfig, pyproject_defaults
 from shared.models import global_arrays, global_names
@@ -82,7 +83,9 @@ def run_item_inference(
 
     def updates() -> Iterator[tuple[int, list[np.ndarray]]]:
         for user in users:
-            result = local.train(config, split.user_data(user), user, server_round, model, None)
+            result = training_round.train(
+                config, split.user_data(user), user, server_round, model, None
+            )
             update = [
                 n.astype(np.float64) - o for n, o in zip(result.global_arrays, model, strict=True)
             ]

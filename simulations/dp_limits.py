@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
-from client import local
+from client import training_round
 from client.dp import GroupedBCE, InteractionGroups, plan_round
 from shared.config import ConfigError, RunConfig
 from shared.models import global_arrays, global_names
@@ -138,7 +138,7 @@ def measure(
     for user in users:
         data = split.user_data(user)
         plan = plan_round(dp_config, len(data.train_items))
-        model = local.device_model(config, split.num_items, user, arrays, None)
+        model = training_round.device_model(config, split.num_items, user, arrays, None)
         mean_grad, frac = mean_clipped_gradient(config, model, data, user)
         n = len(data.train_items)
         signals.append(mean_grad)
@@ -156,7 +156,7 @@ def measure(
     clip = config.dp_user_clip_norm
     updates, raw_norms = [], []
     for user in users:
-        result = local.train(config, split.user_data(user), user, 1, arrays, None)
+        result = training_round.train(config, split.user_data(user), user, 1, arrays, None)
         delta = [
             n.astype(np.float64) - o for n, o in zip(result.global_arrays, arrays, strict=True)
         ]

@@ -11,9 +11,21 @@ from flwr.compat.common.recorddict_compat import (
     recorddict_to_fitres,
 )
 
-from client.app import PRIVATE_RECORD, app
+from client.app import app
+from client.state import PRIVATE_RECORD
 from shared.models import build_model, global_arrays, global_names, private_names
 from shared.split import split_for
+from shared.wire import (
+    DP_EPSILON,
+    DP_NOISE_MULTIPLIER,
+    DP_STATUS,
+    EVAL_METRICS,
+    FULL_HR10,
+    HR10,
+    LOSS,
+    NDCG10,
+    SERVER_ROUND,
+)
 from tests.conftest import small_config
 
 USER = 4
@@ -54,7 +66,7 @@ def _global(config):
 
 def _fit(config, state, arrays, server_round):
     content = fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(arrays), {"server-round": server_round}), keep_input=True
+        FitIns(ndarrays_to_parameters(arrays), {SERVER_ROUND: server_round}), keep_input=True
     )
     message = Message(content=content, dst_node_id=100 + USER, message_type="train")
     reply = app(message, _context(config, state))
@@ -75,7 +87,7 @@ def test_fit_reply_is_dense_global_only_and_private_state_persists():
     item_table = reply[global_names(model).index("item_gmf.weight")]
     assert (np.abs(item_table - arrays[global_names(model).index("item_gmf.weight")]) > 0).any()
     assert res.num_examples == len(split_for(config).user_train_items(USER))
-    assert set(res.metrics) == {"loss"}
+    assert set(res.metrics) == {LOSS}
     # the private embedding is kept in the node's state, under the user's parameter names
     private = state.array_records[PRIVATE_RECORD]
     assert sorted(private.keys()) == sorted(private_names(model))
@@ -103,11 +115,11 @@ def test_private_fit_reply_sends_no_example_count_and_no_loss(overrides):
     res = _fit(config, RecordDict(), _global(config)[1], server_round=1)
     assert res.status.code == Code.OK
     assert res.num_examples == 1
-    assert "loss" not in res.metrics
+    assert LOSS not in res.metrics
     if config.dp_interaction:
-        assert set(res.metrics) == {"dp_status", "dp_epsilon", "dp_noise_multiplier"}
-        assert res.metrics["dp_noise_multiplier"] == 1.3
-        assert res.metrics["dp_epsilon"] == round(res.metrics["dp_epsilon"], 1) > 0
+        assert set(res.metrics) == {DP_STATUS, DP_EPSILON, DP_NOISE_MULTIPLIER}
+        assert res.metrics[DP_NOISE_MULTIPLIER] == 1.3
+        assert res.metrics[DP_EPSILON] == round(res.metrics[DP_EPSILON], 1) > 0
 
 
 def test_evaluate_uses_stored_private_embedding():
@@ -116,23 +128,21 @@ def test_evaluate_uses_stored_private_embedding():
     state = RecordDict()
     trained = parameters_to_ndarrays(_fit(config, state, arrays, server_round=1).parameters)
     content = evaluateins_to_recorddict(
-        EvaluateIns(ndarrays_to_parameters(trained), {"server-round": 1}), keep_input=True
+        EvaluateIns(ndarrays_to_parameters(trained), {SERVER_ROUND: 1}), keep_input=True
     )
     message = Message(content=content, dst_node_id=100 + USER, message_type="evaluate")
     res = recorddict_to_evaluateres(app(message, _context(config, state)).content)
     assert res.num_examples == 1
-    assert set(res.metrics) == {"hr10", "ndcg10", "full_hr10", "full_ndcg10"}
-    assert all(v in (0.0, 1.0) for v in (res.metrics["hr10"], res.metrics["full_hr10"]))
-    assert 0.0 <= res.metrics["ndcg10"] <= res.metrics["hr10"]
+    assert set(res.metrics) == set(EVAL_METRICS)
+    assert all(v in (0.0, 1.0) for v in (res.metrics[HR10], res.metrics[FULL_HR10]))
+    assert 0.0 <= res.metrics[NDCG10] <= res.metrics[HR10]
     assert res.loss > 0
 
 
 def test_partition_beyond_dataset_is_an_error():
     config = small_config()
     _, arrays = _global(config)
-    content = fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}), True
-    )
+    content = fitins_to_recorddict(FitIns(ndarrays_to_parameters(arrays), {SERVER_ROUND: 1}), True)
     context = Context(
         run_id=1,
         node_id=1,

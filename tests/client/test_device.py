@@ -15,11 +15,13 @@ from flwr.compat.common.recorddict_compat import (
     recorddict_to_fitres,
 )
 
-from client.app import HISTORY_RECORD, PRIVATE_RECORD, app
+from client.app import app
 from client.device import Device, ModelNotReady
-from client.on_device import StoreRun, read_key_file, store_key
 from client.policy import PolicyViolation
+from client.state import HISTORY_RECORD, PRIVATE_RECORD
+from client.store_adapter import StoreRun, read_key_file, store_key
 from shared.models import build_model, global_arrays
+from shared.wire import DP_STATUS, EVAL_METRICS, LOSS, SERVER_ROUND, TRAINED
 from tests.client.test_app import task_identity  # noqa: F401  (fixture: act as a task)
 from tests.conftest import small_config
 
@@ -163,7 +165,7 @@ def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_pat
     store, key, node_config = _deployed(tmp_path, [3, 8, 15, 16, 23, 42, 4, 99])
     arrays = _global(config)
 
-    fit = fitins_to_recorddict(FitIns(ndarrays_to_parameters(arrays), {"server-round": 1}), True)
+    fit = fitins_to_recorddict(FitIns(ndarrays_to_parameters(arrays), {SERVER_ROUND: 1}), True)
     res = recorddict_to_fitres(_send(config, node_config, RecordDict(), "train", fit), True)
     assert res.num_examples == 1  # under DP the device's count (7 trained on) stays private
     with Device.open(store, key) as device:
@@ -175,7 +177,7 @@ def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_pat
     # A fresh process with an empty state (a later round, or a later run): the store restores
     # the embedding and the accountant, so ε keeps growing instead of starting over.
     state = RecordDict()
-    fit = fitins_to_recorddict(FitIns(res.parameters, {"server-round": 2}), True)
+    fit = fitins_to_recorddict(FitIns(res.parameters, {SERVER_ROUND: 2}), True)
     trained = recorddict_to_fitres(_send(config, node_config, state, "train", fit, run_id=2), True)
     assert {PRIVATE_RECORD, HISTORY_RECORD} <= set(state.array_records)
     with Device.open(store, key) as device:
@@ -184,10 +186,10 @@ def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_pat
 
     final = parameters_to_ndarrays(trained.parameters)
     ins = evaluateins_to_recorddict(
-        EvaluateIns(ndarrays_to_parameters(final), {"server-round": 2}), True
+        EvaluateIns(ndarrays_to_parameters(final), {SERVER_ROUND: 2}), True
     )
     res = recorddict_to_evaluateres(_send(config, node_config, state, "evaluate", ins))
-    assert set(res.metrics) == {"hr10", "ndcg10", "full_hr10", "full_ndcg10"}
+    assert set(res.metrics) == set(EVAL_METRICS)
     with Device.open(store, key) as device:  # the last model sent is what the device ranks with
         assert all(np.array_equal(a, b) for a, b in zip(device.global_model(), final, strict=True))
         assert len(device.recommend(5)) == 5
@@ -197,14 +199,15 @@ def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_pat
         device.record(5, timestamp=1.0)
         device.record(6, timestamp=2.0)
     state_run = StoreRun.open(config, node_config, run_id=3)
-    assert state_run.private is None and state_run.history.steps == 0  # forgotten means gone
+    forgotten = state_run.state
+    assert forgotten.private_embedding() is None and forgotten.privacy_history().steps == 0
 
 
 def test_deployed_training_without_dp_makes_epsilon_infinite(tmp_path):
     config = _config()
     store, key, node_config = _deployed(tmp_path, [3, 8, 15])
     fit = fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(_global(config)), {"server-round": 1}), True
+        FitIns(ndarrays_to_parameters(_global(config)), {SERVER_ROUND: 1}), True
     )
     _send(config, node_config, RecordDict(), "train", fit)
     with Device.open(store, key) as device:
@@ -224,7 +227,7 @@ def test_deployed_needs_the_catalogue_size_and_the_store(tmp_path):
 
 def test_node_config_without_store_or_partition_is_explained():
     content = fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(_global(_config())), {"server-round": 1}), True
+        FitIns(ndarrays_to_parameters(_global(_config())), {SERVER_ROUND: 1}), True
     )
     with pytest.raises(ValueError, match="neither store-path .* nor partition-id"):
         _send(_config(), {}, RecordDict(), "train", content)
@@ -236,7 +239,7 @@ def test_device_policy_refuses_a_run_without_dp_and_keeps_the_store_as_it_was(tm
     capped = {**node_config, "device-epsilon-cap": 8.0}
     config = _config()  # dp-interaction = false
     fit = fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(_global(config)), {"server-round": 1}), True
+        FitIns(ndarrays_to_parameters(_global(config)), {SERVER_ROUND: 1}), True
     )
     context = Context(
         run_id=1, node_id=7, node_config=capped, state=RecordDict(), run_config=config.to_mapping()
@@ -249,8 +252,38 @@ def test_device_policy_refuses_a_run_without_dp_and_keeps_the_store_as_it_was(tm
         assert device.private_embedding() is None and device.global_model() is None
     # Under DP the same device trains.
     dp = _config(dp_interaction=True, dp_noise_multiplier=1.0, batch_size=8)
-    fit = fitins_to_recorddict(
-        FitIns(ndarrays_to_parameters(_global(dp)), {"server-round": 1}), True
-    )
+    fit = fitins_to_recorddict(FitIns(ndarrays_to_parameters(_global(dp)), {SERVER_ROUND: 1}), True)
     res = recorddict_to_fitres(_send(dp, capped, RecordDict(), "train", fit), True)
-    assert res.metrics["dp_status"] == "trained"
+    assert res.metrics[DP_STATUS] == TRAINED
+
+
+def test_deployed_device_refuses_the_test_fault_hook_and_keeps_the_store_as_it_was(tmp_path):
+    """A server must not be able to make a deployed device drop out on command (client.mods)."""
+    store, key, node_config = _deployed(tmp_path, [3, 8, 15])
+    files = sorted(store.parent.iterdir())
+    before = store.read_bytes()
+    config = _config(test_secagg_fault="1:collect:0")
+    params = ndarrays_to_parameters(_global(config))
+    messages = {
+        "train": fitins_to_recorddict(FitIns(params, {SERVER_ROUND: 1}), True),
+        "evaluate": evaluateins_to_recorddict(EvaluateIns(params, {SERVER_ROUND: 1}), True),
+    }
+    for message_type, content in messages.items():
+        state = RecordDict()
+        context = Context(
+            run_id=1,
+            node_id=7,
+            node_config=node_config,
+            state=state,
+            run_config=config.to_mapping(),
+        )
+        message = Message(content=content, dst_node_id=7, message_type=message_type)
+        with pytest.raises(PolicyViolation, match="test-secagg-fault"):  # Flower replies an error
+            app(message, context)
+        assert not state.array_records  # nothing restored, nothing trained
+    assert sorted(store.parent.iterdir()) == files and store.read_bytes() == before
+    # The same run without the hook trains.
+    res = recorddict_to_fitres(
+        _send(_config(), node_config, RecordDict(), "train", messages["train"]), True
+    )
+    assert set(res.metrics) == {LOSS}

@@ -8,11 +8,12 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
-from client import local
+from client import training_round
 from client.dp import GroupedBCE, GroupScorer, InteractionGroups, plan_round, private_step
 from shared.models import build_model, global_arrays
-from shared.privacy import BUDGET_EXHAUSTED, TRAINED, PrivacyHistory, epsilon
+from shared.privacy import PrivacyHistory, epsilon
 from shared.split import UserData, split_for
+from shared.wire import BUDGET_EXHAUSTED, TRAINED
 from tests.conftest import small_config
 
 
@@ -114,7 +115,7 @@ def test_device_epsilon_composes_over_rounds_and_matches_one_accountant():
     params, private, history = global_arrays(model), None, PrivacyHistory()
     epsilons = []
     for server_round in (1, 2, 3):
-        result = local.train(config, data, 2, server_round, params, private, history)
+        result = training_round.train(config, data, 2, server_round, params, private, history)
         assert result.status == TRAINED
         params, private, history = result.global_arrays, result.private, result.history
         epsilons.append(result.epsilon)
@@ -134,9 +135,11 @@ def test_device_declines_once_its_cap_would_be_passed():
     two_rounds = plan.history_after(plan.history_after(PrivacyHistory())).epsilon(config.dp_delta)
     capped = _dp_config(dp_epsilon_cap=(one_round + two_rounds) / 2)
     model = build_model(config.model, 1, split.num_items, dim=8, mlp_layers=(16, 8), seed=0)
-    first = local.train(capped, data, 3, 1, global_arrays(model), None, PrivacyHistory())
+    first = training_round.train(capped, data, 3, 1, global_arrays(model), None, PrivacyHistory())
     assert first.status == TRAINED and first.epsilon <= capped.dp_epsilon_cap
-    second = local.train(capped, data, 3, 2, first.global_arrays, first.private, first.history)
+    second = training_round.train(
+        capped, data, 3, 2, first.global_arrays, first.private, first.history
+    )
     assert second.status == BUDGET_EXHAUSTED
     assert second.history == first.history and second.epsilon == first.epsilon  # nothing spent
     for sent, received in zip(second.global_arrays, first.global_arrays, strict=True):
@@ -158,7 +161,7 @@ def test_dp_randomness_is_secret_unless_reproducible_noise():
     model = build_model(config.model, 1, split.num_items, dim=8, mlp_layers=(16, 8), seed=0)
 
     def twice(cfg):
-        return [local.train(cfg, data, 2, 1, global_arrays(model), None) for _ in range(2)]
+        return [training_round.train(cfg, data, 2, 1, global_arrays(model), None) for _ in range(2)]
 
     secret = twice(config)
     assert not np.array_equal(secret[0].global_arrays[0], secret[1].global_arrays[0])

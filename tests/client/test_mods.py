@@ -12,10 +12,10 @@ from flwr.compat.common.recorddict_compat import (
     fitres_to_recorddict,
     recorddict_to_fitres,
 )
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
-from shared.secagg import BOUND_KEY, CLIPPED_METRIC
+from client.policy import PolicyViolation
+from shared.wire import CLIP_NORM, LOSS, SECAGG_BOUND, SECAGG_CLIPPED, SERVER_ROUND
 from tests.client.test_app import task_identity  # noqa: F401  (autouse fixture)
 from tests.conftest import small_config
 
@@ -41,7 +41,7 @@ def _device(new):
     """A device that trained to ``new`` and replies with it and its example count."""
 
     def call_next(msg, ctxt):
-        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 42, {"loss": 0.5})
+        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 42, {LOSS: 0.5})
         return Message(fitres_to_recorddict(res, keep_input=True), reply_to=msg)
 
     return call_next
@@ -51,7 +51,7 @@ SECAGG_STATE = {"clipping_range": 0.5000005, "target_range": 2**30, "max_weight"
 
 
 def test_secagg_mod_leaves_plain_rounds_alone():
-    msg = _train_message({"server-round": 1})
+    msg = _train_message({SERVER_ROUND: 1})
     with pytest.raises(KeyError, match="secaggplus_configs"):  # why the guard exists
         secaggplus_mod(msg, _context(), _device(SENT))
     reply = secagg_mod(msg, _context(), _device(SENT))
@@ -60,19 +60,19 @@ def test_secagg_mod_leaves_plain_rounds_alone():
 
 def test_update_is_clipped_before_masking_sent_as_float64_delta_with_weight_one():
     new = [SENT[0] + 1.0, SENT[1] - 1.0]  # norm sqrt(17) > 0.5
-    msg = _train_message({"server-round": 2, BOUND_KEY: 0.5})
+    msg = _train_message({SERVER_ROUND: 2, SECAGG_BOUND: 0.5})
     reply = user_clipping_mod(msg, _context(SECAGG_STATE), _device(new))
     res = recorddict_to_fitres(reply.content, keep_input=True)
     update = to_arrays(res.parameters)
     assert all(u.dtype == np.float64 for u in update) and res.num_examples == 1
     assert np.sqrt(sum(np.sum(u**2) for u in update)) == pytest.approx(0.5)
     np.testing.assert_allclose(update[0], np.full((4, 3), 0.5 / np.sqrt(17)))
-    assert res.metrics[CLIPPED_METRIC] == 0 and res.metrics["loss"] == 0.5
+    assert res.metrics[SECAGG_CLIPPED] == 0 and res.metrics[LOSS] == 0.5
 
 
 def test_under_user_dp_and_secagg_the_smaller_bound_wins():
     new = [SENT[0] + 1.0, SENT[1]]
-    msg = _train_message({"server-round": 2, BOUND_KEY: 0.5, KEY_CLIPPING_NORM: 0.2})
+    msg = _train_message({SERVER_ROUND: 2, SECAGG_BOUND: 0.5, CLIP_NORM: 0.2})
     reply = user_clipping_mod(msg, _context(SECAGG_STATE), _device(new))
     update = to_arrays(recorddict_to_fitres(reply.content, keep_input=True).parameters)
     assert np.sqrt(sum(np.sum(u**2) for u in update)) == pytest.approx(0.2)
@@ -80,14 +80,14 @@ def test_under_user_dp_and_secagg_the_smaller_bound_wins():
 
 def test_quantizer_clipping_is_counted():
     new = [SENT[0] + 1.0, SENT[1]]  # clipped to L2 0.5, but c is smaller than 0.5 / sqrt(12)
-    msg = _train_message({"server-round": 2, BOUND_KEY: 0.5})
+    msg = _train_message({SERVER_ROUND: 2, SECAGG_BOUND: 0.5})
     state = SECAGG_STATE | {"clipping_range": 0.1}
     reply = user_clipping_mod(msg, _context(state), _device(new))
-    assert recorddict_to_fitres(reply.content, keep_input=True).metrics[CLIPPED_METRIC] == 12
+    assert recorddict_to_fitres(reply.content, keep_input=True).metrics[SECAGG_CLIPPED] == 12
 
 
 def test_secagg_update_outside_a_secagg_round_or_not_finite_fails_the_device():
-    msg = _train_message({"server-round": 2, BOUND_KEY: 0.5})
+    msg = _train_message({SERVER_ROUND: 2, SECAGG_BOUND: 0.5})
     with pytest.raises(RuntimeError, match="mods must be"):  # e.g. the wrong mod order
         user_clipping_mod(msg, _context(), _device([SENT[0] + 1.0, SENT[1]]))
     bad = [SENT[0] * np.nan, SENT[1]]
@@ -97,12 +97,29 @@ def test_secagg_update_outside_a_secagg_round_or_not_finite_fails_the_device():
 
 def test_fault_injection_only_where_and_when_asked():
     fault = {"test-secagg-fault": "2:collect:3", "secagg-timeout": 0.01}
-    collect = _train_message({"server-round": 2}, stage="collect_masked_vectors")
+    collect = _train_message({SERVER_ROUND: 2}, stage="collect_masked_vectors")
     with pytest.raises(RuntimeError, match="test fault: device 3"):
         fault_injection_mod(collect, _context(**fault), _device(SENT))
-    setup = _train_message({"server-round": 2}, stage="setup")
+    setup = _train_message({SERVER_ROUND: 2}, stage="setup")
     assert not fault_injection_mod(setup, _context(**fault), _device(SENT)).has_error()
     assert not fault_injection_mod(collect, _context(), _device(SENT)).has_error()  # off
     hang = fault | {"test-secagg-fault": "2:collect:3:hang"}
     with pytest.raises(RuntimeError, match="test fault"):  # after sleeping past the timeout
         fault_injection_mod(collect, _context(**hang), _device(SENT))
+
+
+def test_a_deployed_device_refuses_the_fault_hook_on_every_message():
+    """The hook would let a server make devices drop out on command: only simulations honour it.
+
+    ``-1`` is the id a device without a partition-id would have had: before the refusal, such a
+    spec reached every deployed device.
+    """
+    fault = {"test-secagg-fault": "2:collect:-1", "secagg-timeout": 0.01}
+    collect = _train_message({SERVER_ROUND: 2}, stage="collect_masked_vectors")
+    plain = _train_message({SERVER_ROUND: 2})
+    for msg in (collect, plain):
+        deployed = Context(1, 7, {"store-path": "/x/confide.db"}, RecordDict(), fault)
+        with pytest.raises(PolicyViolation, match="test-secagg-fault.*for tests only"):
+            fault_injection_mod(msg, deployed, _device(SENT))
+    without = Context(1, 7, {"store-path": "/x/confide.db"}, RecordDict(), {})
+    assert not fault_injection_mod(collect, without, _device(SENT)).has_error()

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from client import local
+from client import training_round
 from client.dp import plan_round
 from client.policy import DevicePolicy, PolicyViolation
 from shared.models import build_model, global_arrays
-from shared.privacy import BUDGET_EXHAUSTED, TRAINED, PrivacyHistory
+from shared.privacy import PrivacyHistory
 from shared.split import split_for
+from shared.wire import BUDGET_EXHAUSTED, TRAINED
 from tests.conftest import small_config
 
 
@@ -50,9 +51,9 @@ def test_device_cap_binds_although_the_run_sets_none():
     one = plan.history_after(PrivacyHistory()).epsilon(delta)
     two = plan.history_after(plan.history_after(PrivacyHistory())).epsilon(delta)
     policy = DevicePolicy(epsilon_cap=(one + two) / 2, delta=delta)
-    first = local.train(config, data, 3, 1, params, None, PrivacyHistory(), policy)
+    first = training_round.train(config, data, 3, 1, params, None, PrivacyHistory(), policy)
     assert first.status == TRAINED
-    second = local.train(
+    second = training_round.train(
         config, data, 3, 2, first.global_arrays, first.private, first.history, policy
     )
     assert second.status == BUDGET_EXHAUSTED and second.history == first.history
@@ -66,14 +67,27 @@ def test_device_cap_refuses_training_without_dp():
     config, data, params = _setup()
     plain = small_config()
     with pytest.raises(PolicyViolation, match="dp-interaction = false.*device-epsilon-cap"):
-        local.train(plain, data, 3, 1, params, None, PrivacyHistory(), DevicePolicy(8.0))
-    assert local.train(plain, data, 3, 1, params, None).status == TRAINED  # no policy: allowed
+        training_round.train(plain, data, 3, 1, params, None, PrivacyHistory(), DevicePolicy(8.0))
+    assert (
+        training_round.train(plain, data, 3, 1, params, None).status == TRAINED
+    )  # no policy: allowed
 
 
 def test_deployed_device_refuses_noise_seeded_by_the_run():
     config, data, params = _setup(dp_reproducible_noise=True)
     deployed = DevicePolicy.from_node_config({"store-path": "/x"}, deployed=True)
     with pytest.raises(PolicyViolation, match="dp-reproducible-noise"):
-        local.train(config, data, 3, 1, params, None, PrivacyHistory(), deployed)
+        training_round.train(config, data, 3, 1, params, None, PrivacyHistory(), deployed)
     simulated = DevicePolicy.from_node_config({"partition-id": 3})
-    assert local.train(config, data, 3, 1, params, None, PrivacyHistory(), simulated).epsilon > 0
+    assert (
+        training_round.train(config, data, 3, 1, params, None, PrivacyHistory(), simulated).epsilon
+        > 0
+    )
+
+
+def test_deployed_device_refuses_the_test_fault_hook():
+    deployed = DevicePolicy.from_node_config({"store-path": "/x"}, deployed=True)
+    with pytest.raises(PolicyViolation, match="test-secagg-fault = '1:collect:0'.*SecAgg"):
+        deployed.check_test_faults("1:collect:0")
+    deployed.check_test_faults("")  # not set: nothing to refuse
+    DevicePolicy.from_node_config({"partition-id": 3}).check_test_faults("1:collect:0")

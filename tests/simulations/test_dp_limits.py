@@ -9,7 +9,7 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
-from client import local
+from client import training_round
 from client.dp import GroupedBCE, GroupScorer, InteractionGroups
 from shared.models import global_names
 from shared.split import split_for, train_rng
@@ -29,7 +29,7 @@ def test_mean_clipped_gradient_is_opacus_noise_free_full_batch_step():
     user = 3
     data = split.user_data(user)
     arrays = [a * 20 for a in _g(config)]  # larger weights: gradients well above the clip norm
-    model = local.device_model(config, split.num_items, user, arrays, None)
+    model = training_round.device_model(config, split.num_items, user, arrays, None)
     ours, clipped_fraction = mean_clipped_gradient(config, model, data, user)
     assert clipped_fraction > 0.5
 

@@ -8,15 +8,15 @@ One 3-round run, with devices made to fail by the test-only ``test-secagg-fault`
    the aggregate must be the plain FedAvg of the five-plus-one devices whose updates were masked;
 3. no faults: the aggregate must be the plain FedAvg of all eight.
 
-The plain FedAvg is recomputed here in-process by the same device code (client.local.train,
-seeded per device and round) and the same clip, so the comparison is with exactly the clipped
-updates SecAgg+ summed.
+The plain FedAvg is recomputed here in-process by the same device code
+(client.training_round.train, seeded per device and round) and the same clip, so the comparison
+is with exactly the clipped updates SecAgg+ summed.
 """
 
 import numpy as np
 import torch
 
-from client import local
+from client import training_round
 from server.strategy import model_digest
 from shared.config import RunConfig, pyproject_defaults
 from shared.models import global_arrays, global_names
@@ -49,7 +49,7 @@ def _fedavg(config, split, server_round, model, devices, private, bound):
     """Plain FedAvg of the devices' clipped updates (the reference for SecAgg+)."""
     updates = []
     for user in devices:
-        result = local.train(
+        result = training_round.train(
             config, split.user_data(user), user, server_round, model, private.get(user)
         )
         private[user] = result.private

@@ -1,13 +1,14 @@
-"""What a device does in one round, in plain PyTorch (no Flower): train locally, or evaluate.
+"""One round on one device, in plain PyTorch (no Flower): train locally, or evaluate.
 
 The device's model has a single user row (index 0): its own private embedding. The private
 embedding is created from a per-user seed the first time and is otherwise restored from the
-device state, so it is trained across rounds and never reset.
+device state (:mod:`client.state`), so it is trained across rounds and never reset. What a round
+returns is everything it computed; what of it may leave the device is decided elsewhere, in one
+place (:mod:`client.reply`).
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,9 +26,17 @@ from shared.models import (
     private_names,
     private_state,
 )
-from shared.privacy import BUDGET_EXHAUSTED, TRAINED, PrivacyHistory
-from shared.split import UserData, train_rng, training_examples
+from shared.privacy import PrivacyHistory
+from shared.split import UserData, training_examples
+from shared.streams import (
+    device_torch_seed,
+    personalize_rng,
+    secret_seed,
+    train_negatives_rng,
+    user_embedding_seed,
+)
 from shared.training import evaluate_user, evaluation_loss, make_optimizer, train_epoch
+from shared.wire import BUDGET_EXHAUSTED, TRAINED
 
 LOCAL_USER = 0  # the device's own row in its one-user model
 NO_HISTORY = PrivacyHistory()
@@ -36,6 +45,9 @@ NO_POLICY = DevicePolicy()
 
 @dataclass(frozen=True)
 class TrainResult:
+    """Everything one round computed. ``private`` never leaves the device; what of the rest may
+    is decided in :func:`client.reply.shape_fit_reply`."""
+
     global_arrays: list[np.ndarray]
     private: dict[str, np.ndarray]
     loss: float
@@ -54,9 +66,7 @@ def device_model(
     private: Mapping[str, np.ndarray] | None,
 ) -> Recommender:
     """The global model plus this user's private rows (fresh, seeded by user, if none yet)."""
-    model = config.build_model(
-        num_items, seed=int(np.random.SeedSequence((config.seed, 3, user_id)).generate_state(1)[0])
-    )
+    model = config.build_model(num_items, seed=user_embedding_seed(config.seed, user_id))
     load_global(model, global_params)
     if private is not None:
         load_private(model, private)
@@ -73,10 +83,9 @@ def _seed_round(config: RunConfig, user_id: int, server_round: int) -> None:
     has no build for torch 2.13); the server sees its outputs only under the update they noise.
     """
     if config.dp_interaction and not config.dp_reproducible_noise:
-        torch.manual_seed(secrets.randbits(64))
+        torch.manual_seed(secret_seed(64))
         return
-    sequence = np.random.SeedSequence((config.seed, 4, user_id, server_round))
-    torch.manual_seed(int(sequence.generate_state(1, np.uint64)[0]))
+    torch.manual_seed(device_torch_seed(config.seed, user_id, server_round))
 
 
 def train(
@@ -102,10 +111,10 @@ def train(
         return _train_dp(config, model, data, user_id, server_round, global_params, history, policy)
     lr = config.local_learning_rate(server_round)
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr)
-    losses = [
-        _local_epoch(config, model, optimizer, data, train_rng(config.seed, user_id, rng_round))
-        for rng_round in range(server_round * 1000, server_round * 1000 + config.local_epochs)
-    ]
+    losses = []
+    for epoch in range(config.local_epochs):
+        rng = train_negatives_rng(config.seed, user_id, server_round, epoch)
+        losses.append(_local_epoch(config, model, optimizer, data, rng))
     return TrainResult(
         global_arrays=global_arrays(model),
         private=private_state(model),
@@ -180,7 +189,7 @@ def personalize(config: RunConfig, model: Recommender, data: UserData, user_id: 
         p.requires_grad_(True)
     optimizer = make_optimizer("adam", private, config.personalize_learning_rate)
     for epoch in range(config.personalize_epochs):
-        _local_epoch(config, model, optimizer, data, train_rng(config.seed, user_id, 10**9 + epoch))
+        _local_epoch(config, model, optimizer, data, personalize_rng(config.seed, user_id, epoch))
 
 
 def _local_epoch(

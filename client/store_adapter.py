@@ -1,4 +1,4 @@
-"""The deployed ClientApp's data path: training data and state from the device's encrypted store.
+"""The deployed ClientApp's store adapter: node config and key in, data and device state out.
 
 A SuperNode names its store in its node config, with one way to get the key:
 
@@ -9,7 +9,7 @@ The key is 64 hex digits (32 bytes), in a file readable only by its owner, kept 
 store's directory, or in an environment variable of the SuperNode. Each round runs in a fresh
 ClientApp process (DESIGN.md §6), so the store is opened per message: it is the source of truth
 for the private embedding and the accountant, which are restored from it before training and
-saved back after, together with the global model the server sent.
+saved back after, together with the global model the server sent (:class:`StoreState`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import RecordDict
 
 from client.device import Device
-from client.local import TrainResult
+from client.state import ContextState
 from client.store import KEY_BYTES
+from client.training_round import TrainResult
 from shared.config import RunConfig
-from shared.privacy import TRAINED, PrivacyHistory
+from shared.privacy import PrivacyHistory
 from shared.split import UserData
+from shared.wire import TRAINED
 
 STORE_PATH = "store-path"
 STORE_KEY_FILE = "store-key-file"
@@ -36,6 +38,7 @@ STORE_KEY_ENV = "store-key-env"
 
 
 def uses_store(node_config: Mapping[str, object]) -> bool:
+    """Whether the node is a deployed device (it names its store), not a simulated one."""
     return STORE_PATH in node_config
 
 
@@ -85,19 +88,66 @@ def store_key(node_config: Mapping[str, object]) -> bytes:
 
 
 @dataclass(frozen=True)
-class StoreRun:
-    """One message's view of the device: its data, seeds, and the state kept between runs."""
+class StoreState:
+    """:class:`client.state.DeviceState` in the device's encrypted store.
+
+    Reads come from Flower's node state, which :meth:`StoreRun.open` fills from the store;
+    writes go to both. The store is the source of truth (each message may be a fresh process);
+    the node state, which Flower keeps for the run, is kept in step so it never holds a stale
+    embedding or accountant.
+    """
 
     path: Path
     key: bytes
     config: RunConfig
+    node: ContextState
+
+    def private_embedding(self) -> dict[str, np.ndarray] | None:
+        return self.node.private_embedding()
+
+    def privacy_history(self) -> PrivacyHistory:
+        return self.node.privacy_history()
+
+    def save_fit(self, result: TrainResult, sent_model: Sequence[np.ndarray]) -> None:
+        """The private embedding, the accountant and the model that was sent.
+
+        A round trained without interaction-level DP is counted: no finite ε covers it.
+        """
+        self.node.save_fit(result, sent_model)
+        with Device.open(self.path, self.key) as device:
+            trained = result.status == TRAINED
+            if self.config.dp_interaction:
+                device.save_training(result.private, result.history)
+            elif trained:
+                device.save_training(result.private, None)
+                device.count_unprotected_round()
+            device.save_global(self.config, [np.asarray(a) for a in sent_model])
+
+    def save_model(self, sent_model: Sequence[np.ndarray]) -> None:
+        with Device.open(self.path, self.key) as device:
+            device.save_global(self.config, [np.asarray(a) for a in sent_model])
+
+
+@dataclass(frozen=True)
+class StoreRun:
+    """One message's view of a deployed device: its data, its seed identity, its state."""
+
     data: UserData
-    user_id: int
-    private: dict[str, np.ndarray] | None
-    history: PrivacyHistory
+    user_id: int  # secret, and different in every run (:meth:`client.device.Device.seed_identity`)
+    state: StoreState
 
     @classmethod
-    def open(cls, config: RunConfig, node_config: Mapping[str, object], run_id: int) -> StoreRun:
+    def open(
+        cls,
+        config: RunConfig,
+        node_config: Mapping[str, object],
+        run_id: int,
+        node_state: RecordDict | None = None,
+    ) -> StoreRun:
+        """Read the store named in ``node_config``; ``node_state`` (Flower's) is made to match it.
+
+        The store is the source of truth: what it lacks (after ``forget()``) the node state drops.
+        """
         if not config.num_items:
             raise ValueError(
                 "num-items is 0: a deployed device has no dataset to count the catalogue from; "
@@ -107,43 +157,9 @@ class StoreRun:
         if not path.exists():
             raise ValueError(f"store {path} (node config {STORE_PATH}) does not exist")
         key = store_key(node_config)
+        node = ContextState(RecordDict() if node_state is None else node_state)
         with Device.open(path, key) as device:
-            return cls(
-                path=path,
-                key=key,
-                config=config,
-                data=device.training_data(config.num_items, config.eval_negatives),
-                user_id=device.seed_identity(run_id),
-                private=device.private_embedding(),
-                history=device.privacy_history(),
-            )
-
-    def restore(self, state: RecordDict, private_record: str, history_record: str) -> None:
-        """Into Flower's node state. The store is the source of truth: what it lacks (after
-        ``forget()``) the state drops too."""
-        history = {"steps": self.history.to_array()} if self.history.entries else None
-        for name, arrays in ((private_record, self.private), (history_record, history)):
-            if arrays is None:
-                state.array_records.pop(name, None)
-            else:
-                state.array_records[name] = ArrayRecord(
-                    array_dict={k: Array(v) for k, v in arrays.items()}
-                )
-
-    def save_fit(self, result: TrainResult, global_params: Sequence[np.ndarray]) -> None:
-        """After training: the private embedding, the accountant and the model that was sent.
-
-        A round trained without interaction-level DP is counted: no finite ε covers it.
-        """
-        with Device.open(self.path, self.key) as device:
-            trained = result.status == TRAINED
-            if self.config.dp_interaction:
-                device.save_training(result.private, result.history)
-            elif trained:
-                device.save_training(result.private, None)
-                device.count_unprotected_round()
-            device.save_global(self.config, [np.asarray(a) for a in global_params])
-
-    def save_model(self, global_params: Sequence[np.ndarray]) -> None:
-        with Device.open(self.path, self.key) as device:
-            device.save_global(self.config, [np.asarray(a) for a in global_params])
+            data = device.training_data(config.num_items, config.eval_negatives)
+            user_id = device.seed_identity(run_id)
+            node.load(device.private_embedding(), device.privacy_history())
+        return cls(data=data, user_id=user_id, state=StoreState(path, key, config, node))
