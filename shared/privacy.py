@@ -20,9 +20,6 @@ import numpy as np
 from shared.quiet import import_opacus_quietly
 
 ACCOUNTANTS = ("rdp", "prv")
-# A device's reply status under interaction-level DP (sent in the fit metrics).
-TRAINED = "trained"
-BUDGET_EXHAUSTED = "budget-exhausted"
 Entry = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
 
 
