@@ -1,9 +1,11 @@
 """The run configuration: one typed, frozen object parsed once from Flower's run config.
 
-Defaults live in one place only, ``[tool.flwr.app.config]`` in pyproject.toml. Flower merges them
+Defaults live in one place only, ``[tool.flwr.app.config]`` in pyproject.toml (found by
+:func:`shared.defaults.default_values`, in a checkout or an installed wheel). Flower merges them
 with ``flwr run --run-config`` overrides; ``confide`` merges them with ``--config FILE.toml`` and
-``--set key=value``. Both end in :meth:`RunConfig.from_mapping`, which rejects unknown keys, wrong
-types and out-of-range values with a message that says what to write instead.
+``--set key=value`` (:func:`resolve_config`). Both end in :meth:`RunConfig.from_mapping`, which
+rejects unknown keys, wrong types and out-of-range values with a message that says what to write
+instead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.data import AUTO, CSV_HEADERS, DATASETS
+from shared.defaults import default_values
 from shared.models import MODELS, Recommender, build_model
 from shared.privacy import ACCOUNTANTS
 from shared.secagg import SecAggConfigError, SecAggPlan, parse_fault, plan_secagg
@@ -156,8 +159,8 @@ class RunConfig:
         missing = sorted(set(known) - set(values))
         if missing:
             raise ConfigError(
-                f"missing config key(s) {missing}: defaults come from [tool.flwr.app.config] "
-                "in pyproject.toml; run from the project directory or set them explicitly"
+                f"missing config key(s) {missing}: start from shared.defaults.default_values() "
+                "(the [tool.flwr.app.config] table of pyproject.toml) or set them explicitly"
             )
         kwargs = {f.name: _coerce(key, values[key], f.type) for key, f in known.items()}
         config = cls(**kwargs)
@@ -312,12 +315,6 @@ def _example(annotation: str) -> str:
     return {"int": "3", "float": "0.5", "str": '"text"', "bool": "true"}[annotation]
 
 
-def pyproject_defaults(pyproject: Path) -> dict[str, Any]:
-    """The ``[tool.flwr.app.config]`` table: the single source of defaults."""
-    with pyproject.open("rb") as fh:
-        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``key=value`` where value is a TOML value; bare words are taken as strings."""
     if "=" not in text:
@@ -345,3 +342,29 @@ def load_toml(path: Path) -> dict[str, Any]:
             f"config file {path}: expected flat key = value lines, found tables {nested}"
         )
     return data
+
+
+def resolve_config(
+    config_file: str | Path | None, overrides: list[str], out: str | None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """Defaults <- config file <- ``--set`` overrides <- ``--out``, validated once.
+
+    Returns the config and the values that differ from the defaults (what ``flwr run`` must be
+    told). Relative paths (data-dir, out-dir) are made absolute against the current directory,
+    since the simulation's processes do not run here.
+    """
+    defaults = default_values()
+    values = dict(defaults)
+    if config_file:
+        values.update(load_toml(Path(config_file)))
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+    if out:
+        values["out-dir"] = out
+    for key in ("data-dir", "out-dir"):
+        if isinstance(values.get(key), str) and values[key]:
+            values[key] = str(Path(values[key]).expanduser().resolve())
+    config = RunConfig.from_mapping(values)
+    changed = {k: v for k, v in config.to_mapping().items() if defaults.get(k) != v}
+    return config, changed

@@ -9,6 +9,7 @@ with one entry per round.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -19,9 +20,6 @@ import numpy as np
 from shared.quiet import import_opacus_quietly
 
 ACCOUNTANTS = ("rdp", "prv")
-# A device's reply status under interaction-level DP (sent in the fit metrics).
-TRAINED = "trained"
-BUDGET_EXHAUSTED = "budget-exhausted"
 Entry = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
 
 
@@ -74,6 +72,17 @@ def noise_for_target(
             accountant=accountant,
         )
     )
+
+
+def planned_participations(rounds: int, clients_per_round: int, population: int) -> int:
+    """Rounds a device plans its budget for: the binomial mean plus two standard deviations.
+
+    Flower samples a fixed K of the N devices each round, so the number of rounds one device
+    trains in is binomial(rounds, K / N); planning for the mean alone would leave about half of
+    the devices at their cap before the run ends.
+    """
+    q = clients_per_round / population
+    return max(1, math.ceil(rounds * q + 2 * math.sqrt(rounds * q * (1 - q))))
 
 
 def clip_update(update: Sequence[np.ndarray], clip_norm: float) -> tuple[list[np.ndarray], float]:

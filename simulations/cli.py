@@ -7,46 +7,22 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.config import ConfigError, RunConfig, load_toml, parse_override, pyproject_defaults
+from simulations.configs import shipped
 
-APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the directory with pyproject.toml
-
-
-def resolve_config(
-    config_file: str | None, overrides: list[str], out: str | None
-) -> tuple[RunConfig, dict[str, Any]]:
-    """Defaults from pyproject.toml <- config file <- --set <- --out, validated once.
-
-    Returns the config and the values that differ from the defaults (what `flwr run` must be told).
-    Relative paths (data-dir, out-dir) are made absolute against the current directory, since the
-    simulation's processes do not run here.
-    """
-    pyproject = APP_DIR / "pyproject.toml"
-    if not pyproject.exists():
-        raise ConfigError(
-            f"{pyproject} not found: install confide from a source checkout (pip install -e .)"
-        )
-    defaults = pyproject_defaults(pyproject)
-    values = dict(defaults)
-    if config_file:
-        values.update(load_toml(Path(config_file)))
-    for text in overrides:
-        key, value = parse_override(text)
-        values[key] = value
-    if out:
-        values["out-dir"] = out
-    for key in ("data-dir", "out-dir"):
-        if isinstance(values.get(key), str) and values[key]:
-            values[key] = str(Path(values[key]).expanduser().resolve())
-    config = RunConfig.from_mapping(values)
-    changed = {k: v for k, v in config.to_mapping().items() if defaults.get(k) != v}
-    return config, changed
+# Nothing heavy is imported here: `confide --help` must not wait for torch or Flower (seconds).
+# Each command imports what it needs when it runs.
+if TYPE_CHECKING:
+    from shared.config import RunConfig
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML file of config keys (see simulations/*.toml)")
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        help="TOML file of config keys, or the name of one shipped with confide "
+        f"(simulations/*.toml): {', '.join(shipped())}",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -63,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="confide", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser("simulate", help="federated simulation on Flower's Ray backend")
-    _add_config_args(simulate)
+    add_config_args(simulate)
     simulate.add_argument(
         "--supernodes",
         type=int,
@@ -71,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         help="number of simulated devices (default: one per user of the dataset)",
     )
     centralized = commands.add_parser("centralized", help="centralized baseline on pooled data")
-    _add_config_args(centralized)
+    add_config_args(centralized)
     report = commands.add_parser("report", help="privacy-budget report of a finished run")
     report.add_argument("run_dir", help="run directory (with config.json and metrics.jsonl)")
     certs = commands.add_parser("certs", help="TLS certificates and device keys for deployment")
@@ -90,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "item-inference", help="can a curious server recover users' items from their updates?"
     )
     inference.add_argument("run_dir", nargs="?", help="a finished run (else: --config)")
-    _add_config_args(inference)
+    add_config_args(inference)
     inference.add_argument("--cohorts", default="10,100", help="SecAgg+ cohort sizes to audit")
     inference.add_argument("--users", type=int, default=0, help="audit only N users (0: all)")
     args = parser.parse_args(argv)
@@ -103,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(args.run_dir)
 
+    from shared.config import ConfigError
+
     try:
-        config, changed = resolve_config(args.config, args.set, args.out)
+        config, changed = _resolve(args)
     except (ConfigError, OSError) as err:
         print(f"confide: config error: {err}", file=sys.stderr)
         return 2
@@ -115,7 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from simulations.simulate import run_simulation
 
-    return run_simulation(config, changed, APP_DIR, supernodes=args.supernodes)
+    return run_simulation(config, changed, supernodes=args.supernodes)
+
+
+def _resolve(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+    """The run config of a command with config arguments (``--config`` may name a shipped one)."""
+    from shared.config import resolve_config
+    from simulations.configs import config_path
+
+    config_file = config_path(args.config) if args.config else None
+    return resolve_config(config_file, args.set, args.out)
 
 
 def _certs(directory: str, hosts: list[str], devices: str) -> int:
@@ -136,14 +123,16 @@ def _certs(directory: str, hosts: list[str], devices: str) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from simulations.audit import load_run, run_item_inference
+    from shared.config import ConfigError
+    from shared.saved_run import load_run
+    from simulations.research.audit import run_item_inference
 
     try:
         if args.run_dir:
             config, model = load_run(Path(args.run_dir))
             out = Path(args.out or args.run_dir)
         else:
-            config, _ = resolve_config(args.config, args.set, args.out)
+            config, _ = _resolve(args)
             model, out = None, Path(args.out or "runs/audit")
         cohorts = [int(k) for k in args.cohorts.split(",")]
     except (ConfigError, OSError, ValueError) as err:

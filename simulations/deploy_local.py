@@ -29,10 +29,10 @@ from typing import Any
 from client.device import Device
 from client.service import AgentClient, serve
 from shared.certs import Credentials, make_credentials
-from shared.config import ConfigError, RunConfig
+from shared.config import ConfigError, RunConfig, resolve_config
 from shared.data import Interactions, load_dataset
 from shared.rundir import read_metrics
-from simulations.cli import APP_DIR, resolve_config
+from simulations.app_bundle import flower_app_dir
 from simulations.simulate import (
     _alive_in_group,
     _bin,
@@ -249,9 +249,10 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k:
 
         overrides = work / "run-config.toml"
         overrides.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in changed.items()))
-        submitted = deployment.flwr(
-            "run", str(APP_DIR), CONNECTION, "--run-config", str(overrides), "--format", "json"
-        )
+        with flower_app_dir() as app_dir:  # Flower bundles it here, when submitting
+            submitted = deployment.flwr(
+                "run", str(app_dir), CONNECTION, "--run-config", str(overrides), "--format", "json"
+            )
         reply = _json_or_none(submitted.stdout) or {}
         if not reply.get("success"):
             raise RuntimeError(f"flwr run failed: {submitted.stdout}{submitted.stderr}")

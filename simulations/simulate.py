@@ -26,6 +26,8 @@ from typing import Any
 from shared.config import RunConfig
 from shared.rundir import default_run_dir, read_metrics
 from shared.split import split_for
+from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
+from simulations.app_bundle import flower_app_dir
 
 CONNECTION = "confide-simulation"
 
@@ -116,10 +118,12 @@ def stop_process_tree(process: subprocess.Popen, timeout: float = 15.0) -> None:
     process.wait(timeout=5)
 
 
-def run_simulation(
-    config: RunConfig, changed: dict[str, Any], app_dir: Path, *, supernodes: int = 0
-) -> int:
-    """Run the app with one supernode per user; returns a process exit code."""
+def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: int = 0) -> int:
+    """Run the app with one supernode per user; returns a process exit code.
+
+    ``changed`` holds the values that differ from the app's defaults (see
+    :func:`shared.config.resolve_config`): Flower merges them into its own copy of the defaults.
+    """
     num_users = split_for(config).num_users
     supernodes = supernodes or num_users
     if supernodes > num_users:
@@ -183,23 +187,24 @@ def run_simulation(
                 f"num-supernodes={supernodes} client-resources-num-cpus=1 "
                 "client-resources-num-gpus=0"
             )
-            submitted = subprocess.run(
-                [
-                    _bin("flwr"),
-                    "run",
-                    str(app_dir),
-                    CONNECTION,
-                    "--run-config",
-                    str(overrides),
-                    "--federation-config",
-                    federation,
-                    "--format",
-                    "json",
-                ],
-                env=env,
-                capture_output=True,
-                text=True,
-            )
+            with flower_app_dir() as app_dir:  # Flower bundles it here, when submitting
+                submitted = subprocess.run(
+                    [
+                        _bin("flwr"),
+                        "run",
+                        str(app_dir),
+                        CONNECTION,
+                        "--run-config",
+                        str(overrides),
+                        "--federation-config",
+                        federation,
+                        "--format",
+                        "json",
+                    ],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
             reply = _json_or_none(submitted.stdout)
             if submitted.returncode or not reply or not reply.get("success"):
                 print(
@@ -250,13 +255,13 @@ def _summarize(status: str, out_dir: Path) -> int:
     skipped = [r["round"] for r in records if "skipped" in r]
     if skipped:
         print(f"[confide] WARNING: {len(skipped)} round(s) left the model unchanged: {skipped}")
-    evaluated = [r for r in records if "hr10" in r]
+    evaluated = [r for r in records if HR10 in r]
     if evaluated:
         last = evaluated[-1]
         print(
             f"[confide] round {last['round']}: "
-            f"HR@10 {last['hr10']:.4f} NDCG@10 {last['ndcg10']:.4f} "
-            f"full HR@10 {last['full_hr10']:.4f} full NDCG@10 {last['full_ndcg10']:.4f}"
+            f"HR@10 {last[HR10]:.4f} NDCG@10 {last[NDCG10]:.4f} "
+            f"full HR@10 {last[FULL_HR10]:.4f} full NDCG@10 {last[FULL_NDCG10]:.4f}"
         )
     print(f"[confide] run directory: {out_dir}")
     if not status.startswith("finished:completed"):

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import RunConfig, pyproject_defaults
+from shared.config import RunConfig
+from shared.defaults import default_values
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 
 
 def small_config(**changes) -> RunConfig:
-    values = pyproject_defaults(ROOT / "pyproject.toml")
+    values = default_values()
     values.update(
         {"synthetic-users": 30, "synthetic-items": 200, "embedding-dim": 8, "mlp-layers": "16,8"}
     )

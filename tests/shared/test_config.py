@@ -2,12 +2,21 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError, RunConfig, load_toml, parse_override, pyproject_defaults
+from shared.config import ConfigError, RunConfig, load_toml, parse_override, resolve_config
+from shared.defaults import default_values, pyproject_defaults
 from tests.conftest import ROOT, small_config
 
 
 def defaults() -> dict:
-    return pyproject_defaults(ROOT / "pyproject.toml")
+    return default_values()
+
+
+def test_defaults_in_a_checkout_are_the_pyproject_table():
+    # the single source: what `flwr run .` reads is what confide starts from
+    assert default_values() == pyproject_defaults(ROOT / "pyproject.toml")
+    values = default_values()
+    values["seed"] = 99  # callers get their own copy to change
+    assert default_values()["seed"] == 0
 
 
 def test_pyproject_defaults_parse_into_typed_config():
@@ -149,3 +158,23 @@ def test_fedadam_refuses_server_momentum_naming_the_fix():
     values = defaults() | {"strategy": "fedadam", "server-momentum": 0.9}
     with pytest.raises(ConfigError, match="fedadam keeps its own first moment"):
         RunConfig.from_mapping(values)
+
+
+def test_resolve_config_layers_file_sets_and_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config_file = tmp_path / "run.toml"
+    config_file.write_text('model = "mf"\nnum-server-rounds = 3\ndata-dir = "data"\n')
+    config, changed = resolve_config(config_file, ["num-server-rounds=4", "seed=0"], "out")
+    assert (config.model, config.num_server_rounds) == ("mf", 4)  # --set wins over the file
+    # relative paths are made absolute here: the simulation's processes run elsewhere
+    assert config.out_dir == str(tmp_path / "out") and config.data_dir == str(tmp_path / "data")
+    # only what differs from the defaults (seed=0 is the default): what flwr run must be told
+    assert changed == {
+        "model": "mf",
+        "num-server-rounds": 4,
+        "data-dir": str(tmp_path / "data"),
+        "out-dir": str(tmp_path / "out"),
+    }
+    assert resolve_config(None, [], None) == (RunConfig.from_mapping(defaults()), {})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        resolve_config(None, ["num-rounds=3"], None)

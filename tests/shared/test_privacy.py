@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shared.privacy import PrivacyHistory, epsilon, noise_for_target
+from shared.privacy import PrivacyHistory, epsilon, noise_for_target, planned_participations
 
 
 def test_opacus_rdp_golden():
@@ -59,3 +59,10 @@ def test_empty_history_is_zero_and_target_noise_round_trips():
     assert epsilon([(sigma, 0.1, 500)], 1e-5) == pytest.approx(4.0, rel=0.02)
     with pytest.raises(ValueError, match="positive"):
         noise_for_target(0.0, 1e-5, 0.1, 10)
+
+
+def test_planned_participations_is_the_binomial_mean_plus_two_sigma():
+    # 150 rounds, K = 100 of N = 943: mean 15.9, std 3.77 -> 23.5, rounded up
+    assert planned_participations(150, 100, 943) == 24
+    assert planned_participations(10, 10, 10) == 10  # every device every round: no spread
+    assert planned_participations(1, 1, 10**6) == 1  # never plans for fewer than one round

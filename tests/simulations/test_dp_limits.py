@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 from client import training_round
 from client.dp import GroupedBCE, GroupScorer, InteractionGroups
 from shared.models import global_names
-from shared.split import split_for, train_rng
-from simulations.dp_limits import (
+from shared.split import split_for
+from shared.streams import train_negatives_rng
+from simulations.research.dp_limits import (
     growth_exponent,
     main,
     mean_clipped_gradient,
@@ -36,7 +37,7 @@ def test_mean_clipped_gradient_is_opacus_noise_free_full_batch_step():
     # Opacus: the noise-free DP gradient of one batch holding the whole epoch is Σ clip(g) / n.
     torch.manual_seed(0)
     dataset = InteractionGroups(data, config.train_negatives)
-    dataset.resample(train_rng(config.seed, user, 1000))
+    dataset.resample(train_negatives_rng(config.seed, user, 1))
     module, optimizer, loader = PrivacyEngine().make_private(
         module=GroupScorer(model),
         optimizer=torch.optim.SGD(model.parameters(), lr=1.0),

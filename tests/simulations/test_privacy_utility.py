@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from shared.config import RunConfig, pyproject_defaults
-from simulations.privacy_utility import default_rows, main
-from tests.conftest import ROOT
+from shared.config import RunConfig
+from shared.defaults import default_values
+from simulations.research.privacy_utility import default_rows, main
 from tests.server.test_report import OFF, interaction, ledger_line, make_run, user
 
 
@@ -26,7 +26,7 @@ def test_rows_are_valid_configs_with_binomial_planning():
     q = 100 / 943
     planned = math.ceil(150 * q + 2 * math.sqrt(150 * q * (1 - q)))  # 15.9 + 2 x 3.77
     assert planned == 24
-    defaults = pyproject_defaults(ROOT / "pyproject.toml")
+    defaults = default_values()
     for row in rows[1:]:
         config = RunConfig.from_mapping({**defaults, **row.overrides})
         if row.unit == "interaction":

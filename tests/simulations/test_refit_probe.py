@@ -6,7 +6,7 @@ import numpy as np
 
 from shared.models import build_model, global_arrays, global_names
 from simulations.centralized import run_centralized
-from simulations.refit_probe import main
+from simulations.research.refit_probe import main
 from tests.conftest import small_config
 
 

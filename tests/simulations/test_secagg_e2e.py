@@ -18,11 +18,12 @@ import torch
 
 from client import training_round
 from server.strategy import model_digest
-from shared.config import RunConfig, pyproject_defaults
+from shared.config import RunConfig
+from shared.defaults import default_values
 from shared.models import global_arrays, global_names
 from shared.privacy import clip_update
 from shared.split import catalog_size, split_for
-from tests.conftest import ROOT, read_jsonl, run_confide
+from tests.conftest import read_jsonl, run_confide
 
 SETTINGS = {
     "synthetic-users": 8,
@@ -39,7 +40,7 @@ SETTINGS = {
 
 
 def _config() -> RunConfig:
-    values = pyproject_defaults(ROOT / "pyproject.toml")
+    values = default_values()
     values.update({k: v for k, v in SETTINGS.items() if k != "test-secagg-fault"})
     values["secagg"] = True
     return RunConfig.from_mapping(values)

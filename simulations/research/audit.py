@@ -23,29 +23,13 @@ import torch
 
 from client import training_round
 from server.audit import audit, table
-from shared.config import RunConfig, pyproject_defaults
+from shared.config import RunConfig
 from shared.models import global_arrays, global_names
 from shared.privacy import clip_update
-from shared.rundir import CONFIG_FILE, MODEL_FILE
 from shared.split import split_for
+from shared.streams import Stream, generator
 
 AUDIT_FILE = "audit.json"
-
-
-def load_run(run_dir: Path) -> tuple[RunConfig, list[np.ndarray]]:
-    """A finished run's config and final global model."""
-    config_path, model_path = run_dir / CONFIG_FILE, run_dir / MODEL_FILE
-    if not (config_path.exists() and model_path.exists()):
-        raise FileNotFoundError(
-            f"{run_dir} is not a finished run: it needs {CONFIG_FILE} and {MODEL_FILE}"
-        )
-    saved = json.loads(config_path.read_text())
-    # Keys added since the run was made take their defaults; the run's own values win.
-    defaults = pyproject_defaults(Path(__file__).resolve().parents[1] / "pyproject.toml")
-    config = RunConfig.from_mapping(defaults | {k: v for k, v in saved.items() if k in defaults})
-    names = global_names(_model(config))
-    with np.load(model_path) as saved:
-        return config, [saved[name] for name in names]
 
 
 def _model(config: RunConfig):
@@ -73,7 +57,7 @@ def run_item_inference(
         if config.dp_user
         else (config.secagg_update_bound if config.secagg else None)
     )
-    rng = np.random.default_rng((config.seed, 12))
+    rng = generator(config.seed, Stream.AUDIT_USERS)
     users = rng.permutation(split.num_users)[: max_users or None].tolist()  # cohort order
     truth = {u: split.user_data(u).train_items for u in users}
     popularity = np.bincount(

@@ -6,7 +6,7 @@ and fits it on their own training data for ``--epochs`` epochs (global parameter
 device does before recommending), then ranks their held-out item. Applied to a centralized and a
 federated model of the same harness, it says whether a gap lies in the item model or in the users.
 
-    python -m simulations.refit_probe RUN_DIR --epochs 20 --lr 0.03
+    python -m simulations.research.refit_probe RUN_DIR --epochs 20 --lr 0.03
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 
 from client import training_round
 from shared.config import RunConfig
+from shared.saved_run import load_run
 from shared.split import split_for
-from shared.training import METRIC_KEYS
-from simulations.audit import load_run
+from shared.wire import EVAL_METRICS
 
 
 def refit_metrics(config: RunConfig, arrays: list[np.ndarray]) -> dict[str, float]:
@@ -34,7 +34,7 @@ def refit_metrics(config: RunConfig, arrays: list[np.ndarray]) -> dict[str, floa
         training_round.evaluate(config, split.user_data(user), user, arrays, None)[1]
         for user in range(split.num_users)
     ]
-    return {key: float(np.mean([row[key] for row in rows])) for key in METRIC_KEYS}
+    return {key: float(np.mean([row[key] for row in rows])) for key in EVAL_METRICS}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,23 +5,26 @@ directory under ``--out``; a row whose run directory already holds a finished ru
 so an interrupted sweep resumes where it stopped. The script then reads each run's last evaluation
 and its privacy report and writes ``table.md``, ``table.json`` and ``privacy_utility.png``.
 
-    python -m simulations.privacy_utility --data-dir ../shared/data/ml-100k --out runs/pu
-    python -m simulations.privacy_utility ... --only none,interaction-8   # a subset of rows
+    python -m simulations.research.privacy_utility --data-dir ../shared/data/ml-100k --out runs/pu
+    python -m simulations.research.privacy_utility ... --only none,interaction-8  # some rows
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.config import resolve_config
+from shared.privacy import planned_participations
 from shared.rundir import read_metrics
+from shared.wire import EVAL_METRICS, FULL_HR10, FULL_NDCG10, HR10, NDCG10
+from simulations.cli import main as confide
+from simulations.configs import CONFIG_DIR
 
-HERE = Path(__file__).resolve().parent
 EPSILONS = (1, 4, 8)
 
 
@@ -31,12 +34,6 @@ class Row:
     unit: str  # "none", "interaction" or "user"
     target_epsilon: float | None
     overrides: dict[str, Any] = field(default_factory=dict)
-
-
-def planned_participations(rounds: int, clients_per_round: int, population: int) -> int:
-    """Rounds a device plans its budget for: the binomial mean plus two standard deviations."""
-    q = clients_per_round / population
-    return max(1, math.ceil(rounds * q + 2 * math.sqrt(rounds * q * (1 - q))))
 
 
 def default_rows(rounds: int, clients_per_round: int, population: int) -> list[Row]:
@@ -86,12 +83,10 @@ def _finished(run_dir: Path) -> bool:
         records = read_metrics(run_dir)
     except (OSError, ValueError):
         return False
-    return any("hr10" in r for r in records) and (run_dir / "global_model.npz").exists()
+    return any(HR10 in r for r in records) and (run_dir / "global_model.npz").exists()
 
 
 def run_row(row: Row, base_config: Path, common: list[str], out: Path) -> int:
-    from simulations.cli import main as confide
-
     argv = ["simulate", "--config", str(base_config), "--out", str(out / row.name)]
     for key, value in row.overrides.items():
         argv += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
@@ -107,7 +102,7 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
 
     config = json.loads((run_dir / "config.json").read_text())
     records = read_metrics(run_dir)
-    final = [r for r in records if "hr10" in r][-1]
+    final = [r for r in records if HR10 in r][-1]
     summary: dict[str, Any] = {
         "row": row.name,
         "unit": row.unit,
@@ -115,7 +110,7 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
         "rounds": max(r["round"] for r in records),
         "clients_per_round": config["clients-per-round"],
         "eval_round": final["round"],
-        **{k: final[k] for k in ("hr10", "ndcg10", "full_hr10", "full_ndcg10")},
+        **{k: final[k] for k in EVAL_METRICS},
     }
     if row.unit == "none":
         return summary
@@ -153,7 +148,7 @@ def _sigma_range(unit: dict[str, Any]) -> str | None:
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    base = next((r["hr10"] for r in rows if r["unit"] == "none"), None)
+    base = next((r[HR10] for r in rows if r["unit"] == "none"), None)
     head = (
         "| row | unit | target ε | ε reached | δ | σ or z | clip | rounds | K | HR@10 | NDCG@10 "
         "| full HR@10 | full NDCG@10 | HR@10 / no DP |\n"
@@ -167,7 +162,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
     lines = []
     for r in rows:
-        ratio = r["hr10"] / base if base else None
+        ratio = r[HR10] / base if base else None
         noise = r.get("noise_multiplier")
         lines.append(
             "| "
@@ -182,10 +177,10 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
                     cell(r.get("clip"), 2),
                     str(r["rounds"]),
                     str(r["clients_per_round"]),
-                    cell(r["hr10"]),
-                    cell(r["ndcg10"]),
-                    cell(r["full_hr10"]),
-                    cell(r["full_ndcg10"]),
+                    cell(r[HR10]),
+                    cell(r[NDCG10]),
+                    cell(r[FULL_HR10]),
+                    cell(r[FULL_NDCG10]),
                     cell(ratio, 2),
                 ]
             )
@@ -204,7 +199,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     base = next((r for r in rows if r["unit"] == "none"), None)
     for ax, (sampled, full, title) in zip(
         axes,
-        [("hr10", "full_hr10", "HR@10"), ("ndcg10", "full_ndcg10", "NDCG@10")],
+        [(HR10, FULL_HR10, "HR@10"), (NDCG10, FULL_NDCG10, "NDCG@10")],
         strict=True,
     ):
         for unit, marker in (("interaction", "o"), ("user", "s")):
@@ -228,7 +223,9 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(HERE / "ml-100k.toml"), help="base config TOML")
+    parser.add_argument(
+        "--config", default=str(CONFIG_DIR / "ml-100k.toml"), help="base config TOML"
+    )
     parser.add_argument("--data-dir", help="dataset directory (overrides the config's data-dir)")
     parser.add_argument("--out", default="runs/privacy-utility", help="sweep directory")
     parser.add_argument("--only", help="comma-separated row names (default: all)")
@@ -241,8 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--population", type=int, default=943, help="devices (users) N")
     args = parser.parse_args(argv)
-
-    from simulations.cli import resolve_config
 
     common = list(args.set) + ([f"data-dir={args.data_dir}"] if args.data_dir else [])
     base, _ = resolve_config(args.config, common, None)

@@ -14,10 +14,10 @@ group (item tables, dense layers), with the real client code and the mechanisms'
 NSR = ‖noise‖ / ‖signal‖ of the cohort sum (‖noise‖ = its expected norm). Repeating the cohort
 sum over sub-cohorts gives how the signal grows with the cohort size K (‖Σ‖ ∝ K^a: a = 1 when
 devices agree, 1/2 when they are unrelated), hence the population a unit would need. σ is
-calibrated exactly as the sweep does it (simulations.privacy_utility). A device starts from a
-fresh private embedding here; its negatives are those of its first local epoch.
+calibrated exactly as the sweep does it (simulations.research.privacy_utility). A device starts
+from a fresh private embedding here; its negatives are those of its first local epoch.
 
-    python -m simulations.dp_limits --config simulations/ml-100k.toml \\
+    python -m simulations.research.dp_limits --config simulations/ml-100k.toml \\
         --set data-dir=../shared/data/ml-100k [--model RUN_DIR] --epsilon 8 --out DIR
 """
 
@@ -38,11 +38,13 @@ from torch.func import functional_call, grad, vmap
 
 from client import training_round
 from client.dp import GroupedBCE, InteractionGroups, plan_round
-from shared.config import ConfigError, RunConfig
+from shared.config import ConfigError, RunConfig, resolve_config
 from shared.models import global_arrays, global_names
-from shared.privacy import clip_update, noise_for_target
-from shared.split import split_for, train_rng
-from simulations.privacy_utility import planned_participations
+from shared.privacy import clip_update, noise_for_target, planned_participations
+from shared.saved_run import load_run
+from shared.split import split_for
+from shared.streams import Stream, generator, train_negatives_rng
+from simulations.cli import add_config_args
 
 RESULT_FILE = "dp_limits.json"
 CHUNK = 64  # per-sample gradients are dense over the item tables: bound the memory per chunk
@@ -84,7 +86,7 @@ def mean_clipped_gradient(
     Clipping is over the whole per-sample gradient (private embedding included), as Opacus does.
     """
     dataset = InteractionGroups(data, config.train_negatives)
-    dataset.resample(train_rng(config.seed, user, 1000))
+    dataset.resample(train_negatives_rng(config.seed, user, 1))  # round 1, epoch 0
     params = {n: p.detach() for n, p in model.named_parameters()}
     names = global_names(model)
     criterion = GroupedBCE()
@@ -122,7 +124,8 @@ def measure(
         "item tables": [i for i, n in enumerate(names) if n.startswith("item_")],
         "dense layers": [i for i, n in enumerate(names) if not n.startswith("item_")],
     }
-    users = np.random.default_rng((config.seed, 13)).permutation(population)[:cohort].tolist()
+    cohort_rng = generator(config.seed, Stream.DP_LIMITS_COHORT)
+    users = cohort_rng.permutation(population)[:cohort].tolist()
     rounds, q_user = config.num_server_rounds, cohort / population
     participations = planned_participations(rounds, cohort, population)
     dp_config = replace(
@@ -237,11 +240,8 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simulations.audit import load_run
-    from simulations.cli import _add_config_args, resolve_config
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    _add_config_args(parser)
+    add_config_args(parser)
     parser.add_argument("--model", help="a finished run whose final global model to measure at")
     parser.add_argument("--epsilon", type=float, default=8.0, help="target ε of both units")
     parser.add_argument("--cohort", type=int, default=0, help="K (default: clients-per-round)")

@@ -6,7 +6,7 @@ after the other on K supernodes, every device training every round; the fit time
 start-up, is left out) is compared as a ratio. Without the ML-100K files it falls back to a
 synthetic catalogue of the same size (1682 items: the same model).
 
-    python -m simulations.bench_secagg [--cohorts 20,100] [--rounds 4] [--data-dir DIR]
+    python -m simulations.research.bench_secagg [--cohorts 20,100] [--rounds 4] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -18,18 +18,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shared.config import ConfigError
+from shared.config import ConfigError, resolve_config
+from shared.defaults import CHECKOUT_PYPROJECT
 from shared.rundir import read_metrics
-from simulations.cli import APP_DIR, resolve_config
+from simulations.configs import CONFIG_DIR
 from simulations.simulate import run_simulation
 
-ML100K = APP_DIR.parent / "shared" / "data" / "ml-100k"
+# Where a source checkout keeps the real data: beside the checkout, in ../shared/data.
+ML100K = CHECKOUT_PYPROJECT.parent.parent / "shared" / "data" / "ml-100k"
 
 
 def fit_seconds(config_file: Path, settings: dict, supernodes: int, out: Path) -> list[float]:
     overrides = [f"{k}={json.dumps(v)}" for k, v in settings.items()]  # JSON values are TOML
     config, changed = resolve_config(str(config_file), overrides, str(out))
-    code = run_simulation(config, changed, APP_DIR, supernodes=supernodes)
+    code = run_simulation(config, changed, supernodes=supernodes)
     if code:
         raise RuntimeError(f"simulation failed (exit {code}); see its log above")
     return [r["fit_seconds"] for r in read_metrics(out)[1:] if "fit_seconds" in r]
@@ -56,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings = base | {"clients-per-round": k, "secagg": secagg}
                 out = Path(tmp) / f"k{k}-{'secagg' if secagg else 'plain'}"
                 try:
-                    times[secagg] = fit_seconds(
-                        APP_DIR / "simulations" / "ml-100k.toml", settings, k, out
-                    )
+                    times[secagg] = fit_seconds(CONFIG_DIR / "ml-100k.toml", settings, k, out)
                 except ConfigError as err:
                     print(f"[bench] config error: {err}", file=sys.stderr)
                     return 2

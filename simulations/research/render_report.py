@@ -1,6 +1,6 @@
 """Render RUN_DIR/report.html in headless Chromium: a screenshot, and a check of the DOM text.
 
-    python simulations/render_report.py RUN_DIR [--png OUT.png]
+    python -m simulations.research.render_report RUN_DIR [--png OUT.png]
 
 Exits 1 when the page does not render or the ε values of RUN_DIR/privacy.json are not in its text
 (run `confide report RUN_DIR` first).
