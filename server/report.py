@@ -14,20 +14,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shared.records import (
+    CONFIG_FILE,
+    InteractionLevel,
+    LedgerEntry,
+    RoundRecord,
+    RunFileError,
+    UserLevel,
+    read_ledger,
+    read_rounds,
+)
+from shared.wire import EVAL_METRICS
+
 INTERACTION_UNIT = "one interaction (one rating) of one device"
 USER_UNIT = "all interactions of one user"
 OUTPUTS = ("privacy.json", "privacy.png", "report.html")
-METRICS = ("hr10", "ndcg10", "full_hr10", "full_ndcg10")
-Record = tuple[str, dict[str, Any]]  # ("file:line", object), so later checks can name the line
-Row = tuple[str, int, dict[str, Any]]
-NUMBERS = (
-    *("epsilon", "epsilon_min", "epsilon_median", "epsilon_max", "delta", "epsilon_cap"),
-    *("noise_multiplier", "target_epsilon", "max_grad_norm", "clip_norm", "noise_stddev"),
-    *("noise_multiplier_min", "noise_multiplier_median", "noise_multiplier_max"),
-    *("sample_rate", "population", "expected_cohort"),
-    *("sampled", "replied", "devices_reporting", "devices_at_cap", "budget_exhausted"),
-    "rounds_accounted",
-)  # (file:line, round, the unit's ledger entry)
+Ledger = list[tuple[str, LedgerEntry]]  # ("file:line", entry), so later checks can name the line
+Row = tuple[str, int, Any]  # (file:line, round, the unit's ledger record)
 
 CAVEATS = {
     "normalize": "Opacus 1.0-1.6 divides the noisy gradient sum by the expected batch size, which "
@@ -153,30 +156,15 @@ class _Formatted(dict):
         return _fmt(self.get(key))
 
 
-def _read_jsonl(path: Path, required: bool = True) -> list[Record]:
-    if not path.is_file():
-        if required:
-            raise ReportError(f"{path}: not found (not a run directory?)")
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{where}: malformed JSON: {err.msg} (column {err.colno})") from err
-        if not isinstance(obj, dict) or type(obj.get("round")) is not int:
-            raise ReportError(f"{where}: expected a JSON object with an integer 'round'")
-        records.append((where, obj))
-    return records
+def _or(value: Any, default: Any) -> Any:
+    """A ledger field, or the config's value when the row does not have it (older rows)."""
+    return default if value is None else value
 
 
-def _load(run_dir: Path) -> tuple[dict[str, Any], list[Record], list[Record]]:
+def _load(run_dir: Path) -> tuple[dict[str, Any], list[RoundRecord], Ledger]:
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: run directory not found")
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG_FILE
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError as err:
@@ -185,40 +173,27 @@ def _load(run_dir: Path) -> tuple[dict[str, Any], list[Record], list[Record]]:
         raise ReportError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from err
     if not isinstance(config, dict):
         raise ReportError(f"{path}:1: expected a JSON object")
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    return config, metrics, _read_jsonl(run_dir / "privacy_ledger.jsonl", required=False)
+    try:  # the typed readers check every row and name the file and line of a bad one
+        return config, read_rounds(run_dir), read_ledger(run_dir)
+    except RunFileError as err:
+        raise ReportError(str(err)) from err
 
 
-def _unit_rows(ledger: list[Record], key: str) -> list[Row]:
-    """The ledger lines on which this unit was on; the values the report uses must be numbers."""
-    rows = []
-    for where, rec in ledger:
-        unit = rec.get(key, {"enabled": False} if "stopped" in rec else None)
-        if not isinstance(unit, dict):
-            raise ReportError(f"{where}: '{key}' must be a JSON object")
-        for name in NUMBERS:  # only what the report uses: other fields may come and go
-            value = unit.get(name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise ReportError(f"{where}: '{key}.{name}' must be a number, got {value!r}")
-        if not isinstance(unit.get("enabled", False), bool):
-            raise ReportError(f"{where}: '{key}.enabled' must be true or false")
-        if unit.get("enabled") is True:
-            rows.append((where, rec["round"], unit))
-    return rows
+def _unit_rows(ledger: Ledger, key: str) -> list[Row]:
+    """The ledger lines on which this unit was on."""
+    return [(where, e.round, getattr(e, key)) for where, e in ledger if getattr(e, key).enabled]
 
 
-def _common(unit: dict, name: str, caveats: list[str]) -> tuple[str, bool]:
+def _common(unit: InteractionLevel | UserLevel, name: str, caveats: list[str]) -> tuple[str, bool]:
     """Accountant name and whether sampling is Poisson, the only scheme the accountants analyse."""
-    acc, scheme = str(unit.get("accountant") or "?").upper(), str(unit.get("sampling"))
+    acc, scheme = str(unit.accountant or "?").upper(), str(unit.sampling)
     if scheme.lower() != "poisson":
         caveats.append(CAVEATS["not_poisson"].format(unit=name, s=scheme, acc=acc))
     return acc, scheme.lower() == "poisson"
 
 
 def _enabled_rows(
-    config: dict, ledger: list[Record], key: str, flag: str, caveats: list[str]
+    config: dict, ledger: Ledger, key: str, flag: str, caveats: list[str]
 ) -> list[Row]:
     """The unit's ledger rows; a unit the config turned on but the ledger never saw is flagged."""
     rows = _unit_rows(ledger, key)
@@ -227,7 +202,7 @@ def _enabled_rows(
     return rows
 
 
-def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict[str, Any]:
+def _interaction(config: dict, ledger: Ledger, caveats: list[str]) -> dict[str, Any]:
     rows = _enabled_rows(config, ledger, "interaction_level", "dp-interaction", caveats)
     if not rows:
         return {"enabled": False, "unit": INTERACTION_UNIT}
@@ -237,12 +212,12 @@ def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict
         CAVEATS[k] for k in ("normalize", "rounded", "negatives", "embedding", "per_device")
     ]
     # Only the devices that trained in a round report, so a round's max can fall: keep the max.
-    reported = [(r, u) for _, r, u in rows if u.get("epsilon_max") is not None]
-    maxes = [u["epsilon_max"] for _, u in reported]
+    reported = [(r, u) for _, r, u in rows if u.epsilon_max is not None]
+    maxes = [u.epsilon_max for _, u in reported]
     eps_max = max(maxes, default=None)
-    stats_round, stats = reported[-1] if reported else (None, {})
+    stats_round, stats = reported[-1] if reported else (None, InteractionLevel())
     drop = next((i for i in range(1, len(maxes)) if maxes[i] < maxes[i - 1]), None)
-    sigma_rows = [u for _, _, u in rows if u.get("noise_multiplier_median") is not None]
+    sigma_rows = [u for _, _, u in rows if u.noise_multiplier_median is not None]
     if drop is not None:
         a, b, r1, r2 = maxes[drop - 1], maxes[drop], reported[drop - 1][0], reported[drop][0]
         caveats.append(CAVEATS["running_max"].format(a=a, r1=r1, b=b, r2=r2, last=stats_round))
@@ -251,49 +226,47 @@ def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict
         "unit": INTERACTION_UNIT,
         "epsilon_max": eps_max,
         "epsilon_max_round": reported[maxes.index(eps_max)][0] if maxes else None,
-        "epsilon_median": stats.get("epsilon_median"),
-        "epsilon_min": stats.get("epsilon_min"),
+        "epsilon_median": stats.epsilon_median,
+        "epsilon_min": stats.epsilon_min,
         "stats_round": stats_round,  # median and min are over the devices of this round only
-        "devices_reporting": stats.get("devices_reporting"),
-        "delta": last.get("delta", config.get("dp-delta")),
+        "devices_reporting": stats.devices_reporting,
+        "delta": _or(last.delta, config.get("dp-delta")),
         "accountant": acc,
-        "noise_multiplier": last.get("noise_multiplier"),  # None: calibrated to the target ε
+        "noise_multiplier": last.noise_multiplier,  # None: calibrated to the target ε
         # With a target ε each device's σ depends on its size: the range over the whole run.
-        "noise_multiplier_min": min((u["noise_multiplier_min"] for u in sigma_rows), default=None),
-        "noise_multiplier_median": sigma_rows[-1]["noise_multiplier_median"]
-        if sigma_rows
-        else None,
-        "noise_multiplier_max": max((u["noise_multiplier_max"] for u in sigma_rows), default=None),
-        "target_epsilon": last.get("target_epsilon"),
-        "max_grad_norm": last.get("max_grad_norm"),
+        "noise_multiplier_min": min((u.noise_multiplier_min for u in sigma_rows), default=None),
+        "noise_multiplier_median": sigma_rows[-1].noise_multiplier_median if sigma_rows else None,
+        "noise_multiplier_max": max((u.noise_multiplier_max for u in sigma_rows), default=None),
+        "target_epsilon": last.target_epsilon,
+        "max_grad_norm": last.max_grad_norm,
         # q and steps depend on each device's data size, which is not sent: only the rule is.
-        "sample_rate_rule": last.get("sample_rate_rule"),
-        "steps_rule": last.get("steps_rule"),
+        "sample_rate_rule": last.sample_rate_rule,
+        "steps_rule": last.steps_rule,
         "rounds_accounted": len(rows),
-        "epsilon_cap": last.get("epsilon_cap", config.get("dp-epsilon-cap")) or None,
+        "epsilon_cap": _or(last.epsilon_cap, config.get("dp-epsilon-cap")) or None,
         # The ledger's count is cumulative (distinct devices that declined so far).
-        "devices_at_cap": max(int(u.get("devices_at_cap") or 0) for _, _, u in rows),
-        "budget_exhausted": max(int(u.get("budget_exhausted") or 0) for _, _, u in rows),
-        "sampling": "Poisson (Opacus)" if poisson else last.get("sampling"),
+        "devices_at_cap": max(int(u.devices_at_cap or 0) for _, _, u in rows),
+        "budget_exhausted": max(int(u.budget_exhausted or 0) for _, _, u in rows),
+        "sampling": "Poisson (Opacus)" if poisson else last.sampling,
     }
 
 
-def _user(config: dict, ledger: list[Record], rejected: int, caveats: list[str]) -> dict[str, Any]:
+def _user(config: dict, ledger: Ledger, rejected: int, caveats: list[str]) -> dict[str, Any]:
     rows = _enabled_rows(config, ledger, "user_level", "dp-user", caveats)
     if not rows:
         return {"enabled": False, "unit": USER_UNIT}
     last = rows[-1][2]
     acc, poisson = _common(last, "User-level", caveats)
-    eps = [(r, u["epsilon"]) for _, r, u in rows if u.get("epsilon") is not None]
+    eps = [(r, u.epsilon) for _, r, u in rows if u.epsilon is not None]
     drop = next((i for i in range(1, len(eps)) if eps[i][1] < eps[i - 1][1]), None)
     if drop is not None:  # an accountant only composes upwards: flag it, claim the larger value
         caveats.append(CAVEATS["user_decrease"].format(r1=eps[drop - 1][0], r2=eps[drop][0]))
-    skipped = [str(u.get("status")) for _, _, u in rows if str(u.get("status")).startswith("skip")]
-    sampled = sum(int(u.get("sampled") or 0) for _, _, u in rows)
-    replied = sum(int(u.get("replied") or 0) for _, _, u in rows)
+    skipped = [str(u.status) for _, _, u in rows if str(u.status).startswith("skip")]
+    sampled = sum(int(u.sampled or 0) for _, _, u in rows)
+    replied = sum(int(u.replied or 0) for _, _, u in rows)
     caveats.append(CAVEATS["trust"])
     if poisson:
-        q, k = _fmt(last.get("sample_rate")), _fmt(last.get("expected_cohort"))
+        q, k = _fmt(last.sample_rate), _fmt(last.expected_cohort)
         caveats.append(CAVEATS["poisson"].format(q=q, k=k, acc=acc))
     if replied < sampled or rejected:
         caveats.append(CAVEATS["dropouts"].format(n=sampled - replied, r=rejected, m=sampled))
@@ -305,21 +278,21 @@ def _user(config: dict, ledger: list[Record], rejected: int, caveats: list[str])
         "enabled": True,
         "unit": USER_UNIT,
         "epsilon": max(e for _, e in eps) if eps else None,
-        "delta": last.get("delta", config.get("dp-user-delta")),
+        "delta": _or(last.delta, config.get("dp-user-delta")),
         "accountant": acc,
-        **{k: last.get(k) for k in (*keys, "expected_cohort", "rounds_accounted")},
+        **{k: getattr(last, k) for k in (*keys, "expected_cohort", "rounds_accounted")},
         "rounds_skipped": len(skipped),
         "clients_sampled": sampled,
         "clients_replied": replied,
-        "epsilon_cap": last.get("epsilon_cap", config.get("dp-user-epsilon-cap")) or None,
-        "sampling": "Poisson, fixed denominator" if poisson else last.get("sampling"),
+        "epsilon_cap": _or(last.epsilon_cap, config.get("dp-user-epsilon-cap")) or None,
+        "sampling": "Poisson, fixed denominator" if poisson else last.sampling,
     }
 
 
-def _summarize(run_dir: Path, config: dict, metrics: list[Record], ledger: list[Record]) -> dict:
+def _summarize(run_dir: Path, config: dict, metrics: list[RoundRecord], ledger: Ledger) -> dict:
     caveats: list[str] = []
-    stop = next(((r["round"], str(r["stopped"])) for _, r in ledger if "stopped" in r), None)
-    rejected = sum(int(r.get("fit_rejected") or 0) for _, r in metrics)
+    stop = next(((e.round, e.stopped) for _, e in ledger if e.stopped is not None), None)
+    rejected = sum(int(r.fit_rejected or 0) for r in metrics)
     interaction, user = (
         _interaction(config, ledger, caveats),
         _user(config, ledger, rejected, caveats),
@@ -340,17 +313,19 @@ def _summarize(run_dir: Path, config: dict, metrics: list[Record], ledger: list[
             )
     if stop:
         caveats.append(CAVEATS["stopped"].format(r=stop[0], why=stop[1]))
-    evals = [r for _, r in metrics if "hr10" in r]
+    evals = [r for r in metrics if r.evaluated]
     if evals and (interaction["enabled"] or user["enabled"]):
         caveats.append(CAVEATS["evaluation"])
     cohort = config.get("clients-per-round") or None
-    versions = next((r["library_versions"] for _, r in ledger[::-1] if "library_versions" in r), {})
+    versions = next(
+        (dict(e.library_versions) for _, e in ledger[::-1] if e.library_versions is not None), {}
+    )
     run = {"name": run_dir.resolve().name, "rounds_planned": config.get("num-server-rounds")}
     run |= {k: config.get(k) for k in ("kind", "model", "dataset", "seed")}
     return {
         "run": run
         | {
-            "rounds_completed": max((r["round"] for _, r in metrics), default=0),
+            "rounds_completed": max((r.round for r in metrics), default=0),
             "clients_per_round": cohort,
             "fraction_fit": None if cohort else config.get("fraction-fit"),
             "local_epochs": config.get("local-epochs"),
@@ -359,7 +334,8 @@ def _summarize(run_dir: Path, config: dict, metrics: list[Record], ledger: list[
         },
         "interaction_level": interaction,
         "user_level": user,
-        "utility": {k: evals[-1].get(k) if evals else None for k in ("round", *METRICS)},
+        "utility": {"round": evals[-1].round if evals else None}
+        | {k: evals[-1].metric(k) if evals else None for k in EVAL_METRICS},
         "library_versions": versions,
         "caveats": caveats,
     }
@@ -378,7 +354,7 @@ def _table(report: dict[str, Any], key: str) -> list[tuple[str, str]]:
     return [(label.format_map(unit), value.format_map(unit)) for label, value in TABLES[key]]
 
 
-def _plot(report: dict[str, Any], ledger: list[Record]) -> bytes:
+def _plot(report: dict[str, Any], ledger: Ledger) -> bytes:
     """ε over rounds: interaction-level min-max band, median, running max; the user-level line."""
     import matplotlib
 
@@ -387,16 +363,16 @@ def _plot(report: dict[str, Any], ledger: list[Record]) -> bytes:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    inter = [(r, u) for _, r, u in _unit_rows(ledger, "interaction_level") if u.get("epsilon_max")]
+    inter = [(r, u) for _, r, u in _unit_rows(ledger, "interaction_level") if u.epsilon_max]
     if inter:
-        x, hi = [r for r, _ in inter], [u["epsilon_max"] for _, u in inter]
-        lo = [u.get("epsilon_min") or 0 for _, u in inter]
+        x, hi = [r for r, _ in inter], [u.epsilon_max for _, u in inter]
+        lo = [u.epsilon_min or 0 for _, u in inter]
         ax.fill_between(x, lo, hi, color="C0", alpha=0.2, label="interaction-level min–max")
-        mid = [u.get("epsilon_median") for _, u in inter]
+        mid = [u.epsilon_median for _, u in inter]
         ax.plot(x, mid, "o:", color="C0", ms=3, label="interaction-level median")
         running = [max(hi[: i + 1]) for i in range(len(hi))]
         ax.plot(x, running, "-", color="C0", lw=2, label="interaction-level max (running)")
-    user = [(r, u["epsilon"]) for _, r, u in _unit_rows(ledger, "user_level") if u.get("epsilon")]
+    user = [(r, u.epsilon) for _, r, u in _unit_rows(ledger, "user_level") if u.epsilon]
     if user:
         ax.plot(*zip(*user, strict=True), "s-", color="C3", ms=3, label="user-level")
     for key, color in (("interaction_level", "C0"), ("user_level", "C3")):

@@ -68,7 +68,7 @@ class RunDirectory:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every metrics row as it was written, rounds or epochs (see :func:`read_rounds` for rounds)."""
+    """Every metrics row as written, rounds or epochs (typed rounds: shared.records.read_rounds)."""
     lines = (Path(run_dir) / METRICS_FILE).read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
