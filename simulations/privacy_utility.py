@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.rundir import read_metrics
+from shared.records import read_rounds
 
 HERE = Path(__file__).resolve().parent
 EPSILONS = (1, 4, 8)
@@ -83,7 +83,7 @@ def default_rows(rounds: int, clients_per_round: int, population: int) -> list[R
 
 def _finished(run_dir: Path) -> bool:
     try:
-        records = read_metrics(run_dir)
+        records = [r.to_json() for r in read_rounds(run_dir)]
     except (OSError, ValueError):
         return False
     return any("hr10" in r for r in records) and (run_dir / "global_model.npz").exists()
@@ -106,7 +106,7 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
     from server.report import write_report
 
     config = json.loads((run_dir / "config.json").read_text())
-    records = read_metrics(run_dir)
+    records = [r.to_json() for r in read_rounds(run_dir)]
     final = [r for r in records if "hr10" in r][-1]
     summary: dict[str, Any] = {
         "row": row.name,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from client import local
-from server.strategy import model_digest
+from server.provenance import model_digest
 from shared.config import RunConfig, pyproject_defaults
 from shared.models import global_arrays, global_names
 from shared.privacy import clip_update
