@@ -46,6 +46,15 @@ WHY = {
 }
 
 
+HOOKS = {
+    Phase.REPLIES: "on_replies",
+    Phase.SUM: "combine",
+    Phase.RELEASE: "release",
+    Phase.OPTIMIZE: "apply",
+    Phase.RECORD: "finish",
+}
+
+
 class PipelineError(ValueError):
     """A step list that cannot run as given; the message names the steps and the fix."""
 
@@ -145,6 +154,10 @@ def check_order(steps: Sequence[Step]) -> None:
                 f"the round needs exactly one {phase.name} step, got {found or 'none'}: "
                 f"{WHY[phase]}"
             )
+    for step in steps:
+        hook = HOOKS[step.phase]
+        if getattr(type(step), hook) is getattr(Step, hook):
+            raise PipelineError(f"{step.name} is a {step.phase.name} step but has no {hook}()")
     for i, later in enumerate(steps):
         for earlier in steps[i + 1 :]:
             if earlier.phase < later.phase:

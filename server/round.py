@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from flwr.common import FitRes
 
 from shared.records import RoundRecord
 from shared.wire import BUDGET_EXHAUSTED, DP_STATUS, LOSS
@@ -30,7 +31,7 @@ class Reply:
     """
 
     node_id: int
-    res: Any  # the flwr FitRes, decoded only by the step that checks it
+    res: FitRes  # decoded only by the step that checks it
     update: list[np.ndarray] | None = None
 
     @property

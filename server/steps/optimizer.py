@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import numpy as np
 
@@ -12,13 +11,16 @@ from server.pipeline import Phase, Step
 from server.round import Aggregate, RoundState
 from shared.config import RunConfig
 
-# FedAdam's moment decay rates and the client learning rate Flower's FedAdam is given (eta_l,
-# unused by its server step), as the strategy always configured them.
+# FedAdam's moment decay rates, as the strategy always configured Flower's FedAdam.
 ADAM_BETAS = (0.9, 0.99)
 
 
 class ServerOptimizer(Step):
-    """FedAvg(M), item-sum or FedAdam on the released update; the model is ``self.model``."""
+    """FedAvg(M), item-sum or FedAdam on the released update.
+
+    ``model`` is the run's only copy of the global model (validation and SecAgg+ read it) and
+    ``state`` the optimizer's moments: both plain data, for a checkpoint to write.
+    """
 
     phase = Phase.OPTIMIZE
 
@@ -28,28 +30,40 @@ class ServerOptimizer(Step):
         self.rule = rule
         self.model = model
         self.state = OptimizerState()
-        self._step = self._rule(rule, names, config)
-
-    @staticmethod
-    def _rule(rule: str, names: Sequence[str], config: RunConfig):
-        rate, momentum = config.server_learning_rate, config.server_momentum
-        if rule == "itemsum":
-            is_item = [name.startswith("item_") for name in names]
-            return lambda cur, agg, st, _: item_sum(
-                cur, agg.update, st, is_item_table=is_item, cohort=agg.cohort,
-                learning_rate=rate, momentum=momentum,
-            )  # fmt: skip
-        if rule == "fedadam":
-            adam = partial(
-                fedadam, eta=rate, beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1],
-                tau=config.server_adam_tau,
-            )  # fmt: skip
-            return lambda cur, agg, st, rnd: adam(cur, agg.update, st, server_round=rnd)
-        # FedAvgM with no momentum and rate 1.0 is plain FedAvg.
-        return lambda cur, agg, st, _: fedavgm(
-            cur, agg.update, st, learning_rate=rate, momentum=momentum
-        )
+        self.is_item_table = [name.startswith("item_") for name in names]
+        self.learning_rate = config.server_learning_rate
+        self.momentum = config.server_momentum
+        self.tau = config.server_adam_tau
 
     def apply(self, rnd: RoundState, aggregate: Aggregate) -> None:
-        new, self.state = self._step(self.model.arrays, aggregate, self.state, rnd.number)
+        current, update = self.model.arrays, aggregate.update
+        if self.rule == "itemsum":
+            new, self.state = item_sum(
+                current,
+                update,
+                self.state,
+                is_item_table=self.is_item_table,
+                cohort=aggregate.cohort,
+                learning_rate=self.learning_rate,
+                momentum=self.momentum,
+            )
+        elif self.rule == "fedadam":
+            new, self.state = fedadam(
+                current,
+                update,
+                self.state,
+                server_round=rnd.number,
+                eta=self.learning_rate,
+                beta_1=ADAM_BETAS[0],
+                beta_2=ADAM_BETAS[1],
+                tau=self.tau,
+            )
+        else:  # FedAvgM with no momentum and rate 1.0 is plain FedAvg.
+            new, self.state = fedavgm(
+                current,
+                update,
+                self.state,
+                learning_rate=self.learning_rate,
+                momentum=self.momentum,
+            )
         self.model.arrays = [np.asarray(a) for a in new]
