@@ -11,6 +11,7 @@ import io
 from typing import Any
 
 from shared.records import InteractionLevel, UserLevel
+from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 Series = list[tuple[int, Any]]  # (round, the unit's ledger record) on the rounds it was on
 
@@ -173,8 +174,8 @@ def page(report: dict[str, Any], png: bytes) -> str:
         out.append("<h2>Utility reached</h2><p>No evaluation round was recorded.</p>")
     else:
         cells = "".join(
-            f"<tr><td>{name}</td><td>{fmt(util[k])}</td><td>{fmt(util['full_' + k])}</td></tr>"
-            for name, k in (("HR@10", "hr10"), ("NDCG@10", "ndcg10"))
+            f"<tr><td>{name}</td><td>{fmt(util[k])}</td><td>{fmt(util[full])}</td></tr>"
+            for name, k, full in (("HR@10", HR10, FULL_HR10), ("NDCG@10", NDCG10, FULL_NDCG10))
         )
         out.append(
             f"<h2>Utility reached (round {util['round']})</h2><table><tr><th>metric</th>"
