@@ -63,16 +63,18 @@ def build_round(
         sampler: Sampler = PoissonSampler(config, user)
     else:
         sampler = CountSampler(config, max_cohort=plan.max_cohort if plan else None)
+    # A device's weight must not depend on its data under user-level DP; item-sum is uniform.
     uniform = config.dp_user or config.strategy == "itemsum"
+    plaintext = plan is None  # under SecAgg+ the server never sees a single update
     steps = [
-        *([ReplyValidation(validator, model)] if plan is None else []),
-        DeviceReports(config),
-        *([ServerClip(config.dp_user_clip_norm)] if config.dp_user and plan is None else []),
-        SecAggSum(plan, model) if plan else PlaintextSum(model, uniform=uniform),
-        UserLevelNoise(config, user) if config.dp_user else MeanOfTrained(),
-        ServerOptimizer(config.strategy, model, names, config),
-        RoundRecorder(run_dir, config.num_server_rounds),
-        PrivacyLedger(config, run_dir),
+        *([ReplyValidation(validator, model)] if plaintext else []),
+        DeviceReports(config),  # interaction-level ε / σ the devices report, for the ledger
+        *([ServerClip(config.dp_user_clip_norm)] if config.dp_user and plaintext else []),
+        PlaintextSum(model, uniform=uniform) if plaintext else SecAggSum(plan, model),
+        UserLevelNoise(config, user) if config.dp_user else MeanOfTrained(),  # who adds noise
+        ServerOptimizer(config.strategy, model, names, config),  # owns the global model
+        RoundRecorder(run_dir, config.num_server_rounds),  # metrics.jsonl + progress line
+        PrivacyLedger(config, run_dir),  # privacy_ledger.jsonl (DP runs)
     ]
     return sampler, Pipeline(steps), model
 
