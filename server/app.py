@@ -1,17 +1,38 @@
-"""ServerApp: Flower glue on the legacy workflow route, which supports SecAgg+ (DESIGN.md §6)."""
+"""ServerApp: Flower glue on the legacy workflow route, which supports SecAgg+ (DESIGN.md §6).
+
+:func:`build_round` is the whole server in one screen: who is sampled, and every step a round's
+replies go through, in order (:mod:`server.pipeline` checks the order and says what is wrong).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from logging import INFO
 
+import numpy as np
 from flwr.app import Context
-from flwr.common import log, ndarrays_to_parameters
+from flwr.common import log
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
-from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
 
+from server.optimizers import ModelState
+from server.pipeline import Pipeline
+from server.sampling import CountSampler, PoissonSampler, Sampler
 from server.secagg import GuardedSecAggPlusWorkflow
-from server.strategy import ConfideStrategy, build_aggregator
+from server.steps import (
+    DeviceReports,
+    MeanOfTrained,
+    PlaintextSum,
+    PrivacyLedger,
+    ReplyValidation,
+    RoundRecorder,
+    SecAggSum,
+    ServerClip,
+    ServerOptimizer,
+    UserLevelNoise,
+)
+from server.strategy import ConfideStrategy
+from server.user_dp import UserDPState
 from server.validation import ReplyValidator
 from shared.config import RunConfig
 from shared.models import global_arrays, global_names
@@ -19,6 +40,43 @@ from shared.rundir import RunDirectory
 from shared.split import catalog_size
 
 app = ServerApp()
+
+
+def build_round(
+    config: RunConfig,
+    names: Sequence[str],
+    arrays: Sequence[np.ndarray],
+    run_dir: RunDirectory,
+    validator: ReplyValidator | None = None,
+) -> tuple[Sampler, Pipeline, ModelState]:
+    """The sampler and the round's steps for this config; the model they all share."""
+    model = ModelState([np.asarray(a) for a in arrays])
+    validator = validator or ReplyValidator.for_global(
+        names,
+        arrays,
+        max_num_examples=config.max_num_examples,
+        max_update_norm=config.max_update_norm,
+    )
+    plan = config.secagg_plan()  # None without SecAgg+; else derived so nothing clips or wraps
+    user = UserDPState()
+    if config.dp_user:
+        sampler: Sampler = PoissonSampler(config, user)
+    else:
+        sampler = CountSampler(config, max_cohort=plan.max_cohort if plan else None)
+    # A device's weight must not depend on its data under user-level DP; item-sum is uniform.
+    uniform = config.dp_user or config.strategy == "itemsum"
+    plaintext = plan is None  # under SecAgg+ the server never sees a single update
+    steps = [
+        *([ReplyValidation(validator, model)] if plaintext else []),
+        DeviceReports(config),  # interaction-level ε / σ the devices report, for the ledger
+        *([ServerClip(config.dp_user_clip_norm)] if config.dp_user and plaintext else []),
+        PlaintextSum(model, uniform=uniform) if plaintext else SecAggSum(plan, model),
+        UserLevelNoise(config, user) if config.dp_user else MeanOfTrained(),  # who adds noise
+        ServerOptimizer(config.strategy, model, names, config),  # owns the global model
+        RoundRecorder(run_dir, config.num_server_rounds),  # metrics.jsonl + progress line
+        PrivacyLedger(config, run_dir),  # privacy_ledger.jsonl (DP runs)
+    ]
+    return sampler, Pipeline(steps), model
 
 
 @app.main()
@@ -30,29 +88,17 @@ def main(grid: Grid, context: Context) -> None:
     # The server never sees user rows: it builds a one-user model and keeps only the global part.
     model = config.build_model(catalog_size(config))
     names, arrays = global_names(model), global_arrays(model)
-    initial = ndarrays_to_parameters(arrays)
-    strategy = ConfideStrategy(
-        config,
-        aggregator=build_aggregator(config, initial, names),
-        validator=ReplyValidator.for_global(
-            names,
-            arrays,
-            max_num_examples=config.max_num_examples,
-            max_update_norm=config.max_update_norm,
-        ),
-        initial=initial,
-        run_dir=run_dir,
-    )
+    sampler, pipeline, state = build_round(config, names, arrays, run_dir)
+    strategy = ConfideStrategy(config, sampler, pipeline, state)
     legacy = LegacyContext(
         context=context,
         config=ServerConfig(num_rounds=config.num_server_rounds),
         strategy=strategy,
     )
-    plan = config.secagg_plan()  # parameters derived so that nothing can clip or wrap around
+    plan = config.secagg_plan()
     fit_workflow = None if plan is None else GuardedSecAggPlusWorkflow(plan, strategy.secagg_stage)
     DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
 
-    final = legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()
-    run_dir.save_model(names, final)
+    run_dir.save_model(names, state.arrays)  # the server optimizer's model: the only copy
     run_dir.plot()
     log(INFO, "[confide] finished: model, metrics and plot in %s", run_dir.path)

@@ -6,28 +6,30 @@ rounds/steps and sampling scheme, and ε is claimed only for a unit the privacy 
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from server.report_page import fmt, page, plot, table
+from shared.records import (
+    CONFIG_FILE,
+    InteractionLevel,
+    LedgerEntry,
+    RoundRecord,
+    RunFileError,
+    UserLevel,
+    read_ledger,
+    read_rounds,
+)
+from shared.wire import EVAL_METRICS
+
 INTERACTION_UNIT = "one interaction (one rating) of one device"
 USER_UNIT = "all interactions of one user"
 OUTPUTS = ("privacy.json", "privacy.png", "report.html")
-METRICS = ("hr10", "ndcg10", "full_hr10", "full_ndcg10")
-Record = tuple[str, dict[str, Any]]  # ("file:line", object), so later checks can name the line
-Row = tuple[str, int, dict[str, Any]]
-NUMBERS = (
-    *("epsilon", "epsilon_min", "epsilon_median", "epsilon_max", "delta", "epsilon_cap"),
-    *("noise_multiplier", "target_epsilon", "max_grad_norm", "clip_norm", "noise_stddev"),
-    *("noise_multiplier_min", "noise_multiplier_median", "noise_multiplier_max"),
-    *("sample_rate", "population", "expected_cohort"),
-    *("sampled", "replied", "devices_reporting", "devices_at_cap", "budget_exhausted"),
-    "rounds_accounted",
-)  # (file:line, round, the unit's ledger entry)
+UNIT_KEYS = ("interaction_level", "user_level")
+Ledger = list[tuple[str, LedgerEntry]]  # ("file:line", entry), so later checks can name the line
+Row = tuple[str, int, Any]  # (file:line, round, the unit's ledger record)
 
 CAVEATS = {
     "normalize": "Opacus 1.0-1.6 divides the noisy gradient sum by the expected batch size, which "
@@ -81,102 +83,21 @@ CAVEATS = {
     "only. Before ranking, a device may re-fit its private embedding on its own data "
     "(personalize-epochs); that re-fit is not kept and never reaches an update.",
 }
-PROTECTS = {
-    "interaction_level": "Whoever sees what a device sends (its updates, and every global model "
-    "built from them) can hardly tell whether any single rating of that device, with the "
-    "negatives sampled for it, was in its training data: bounded by ε = {eps}, δ = {delta} per "
-    "device. Each device keeps its own budget; the ε shown is the largest over all devices.",
-    "user_level": "Whoever sees the released global model can hardly tell whether one user took "
-    "part at all, with all of their interactions: bounded by ε = {eps}, δ = {delta}. The server "
-    "is trusted: it sees the clipped updates before the noise is added.",
-}
-# (label, value) templates per unit; fields are formatted by _fmt (None -> "—").
-TABLES = {
-    "interaction_level": [
-        ("Unit", "{unit}"),
-        (
-            "ε (max over devices, running max)",
-            "{epsilon_max} (reached in round {epsilon_max_round})",
-        ),
-        ("ε median / min (devices of round {stats_round})", "{epsilon_median} / {epsilon_min}"),
-        ("δ", "{delta}"),
-        ("Accountant", "{accountant} (Opacus {opacus})"),
-        ("q (per-device sample rate)", "{sample_rate_rule}"),
-        ("σ (noise multiplier)", "{noise_multiplier}"),
-        (
-            "σ per device: min / median (last round) / max",
-            "{noise_multiplier_min} / {noise_multiplier_median} / {noise_multiplier_max}",
-        ),
-        ("Target ε (σ calibrated on each device)", "{target_epsilon}"),
-        ("C (max grad norm)", "{max_grad_norm}"),
-        (
-            "Rounds with DP training / DP-SGD steps per round",
-            "{rounds_accounted} / {steps_rule}",
-        ),
-        ("Sampling", "{sampling}"),
-        (
-            "ε cap / devices at cap (distinct, run) / declined (max in a round)",
-            "{epsilon_cap} / {devices_at_cap} / {budget_exhausted}",
-        ),
-    ],
-    "user_level": [
-        ("Unit", "{unit}"),
-        ("ε", "{epsilon}"),
-        ("δ", "{delta}"),
-        ("Accountant", "{accountant} (Opacus {opacus})"),
-        ("q (client sample rate)", "{sample_rate}"),
-        ("σ (noise multiplier z; noise stddev z·S/K)", "{noise_multiplier} ({noise_stddev})"),
-        ("S (update clip norm)", "{clip_norm}"),
-        ("Population N / expected cohort K", "{population} / {expected_cohort}"),
-        ("Rounds accounted / skipped", "{rounds_accounted} / {rounds_skipped}"),
-        ("Clients sampled / replied (all rounds)", "{clients_sampled} / {clients_replied}"),
-        ("Sampling", "{sampling}"),
-        ("ε cap", "{epsilon_cap}"),
-    ],
-}
 
 
 class ReportError(Exception):
     """A run directory the report cannot be built from; the message names the file and line."""
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+def _or(value: Any, default: Any) -> Any:
+    """A ledger field, or the config's value when the row does not have it (older rows)."""
+    return default if value is None else value
 
 
-class _Formatted(dict):
-    def __getitem__(self, key: str) -> str:
-        return _fmt(self.get(key))
-
-
-def _read_jsonl(path: Path, required: bool = True) -> list[Record]:
-    if not path.is_file():
-        if required:
-            raise ReportError(f"{path}: not found (not a run directory?)")
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ReportError(f"{where}: malformed JSON: {err.msg} (column {err.colno})") from err
-        if not isinstance(obj, dict) or type(obj.get("round")) is not int:
-            raise ReportError(f"{where}: expected a JSON object with an integer 'round'")
-        records.append((where, obj))
-    return records
-
-
-def _load(run_dir: Path) -> tuple[dict[str, Any], list[Record], list[Record]]:
+def _load(run_dir: Path) -> tuple[dict[str, Any], list[RoundRecord], Ledger]:
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: run directory not found")
-    path = run_dir / "config.json"
+    path = run_dir / CONFIG_FILE
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError as err:
@@ -185,40 +106,27 @@ def _load(run_dir: Path) -> tuple[dict[str, Any], list[Record], list[Record]]:
         raise ReportError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from err
     if not isinstance(config, dict):
         raise ReportError(f"{path}:1: expected a JSON object")
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    return config, metrics, _read_jsonl(run_dir / "privacy_ledger.jsonl", required=False)
+    try:  # the typed readers check every row and name the file and line of a bad one
+        return config, read_rounds(run_dir), read_ledger(run_dir)
+    except RunFileError as err:
+        raise ReportError(str(err)) from err
 
 
-def _unit_rows(ledger: list[Record], key: str) -> list[Row]:
-    """The ledger lines on which this unit was on; the values the report uses must be numbers."""
-    rows = []
-    for where, rec in ledger:
-        unit = rec.get(key, {"enabled": False} if "stopped" in rec else None)
-        if not isinstance(unit, dict):
-            raise ReportError(f"{where}: '{key}' must be a JSON object")
-        for name in NUMBERS:  # only what the report uses: other fields may come and go
-            value = unit.get(name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise ReportError(f"{where}: '{key}.{name}' must be a number, got {value!r}")
-        if not isinstance(unit.get("enabled", False), bool):
-            raise ReportError(f"{where}: '{key}.enabled' must be true or false")
-        if unit.get("enabled") is True:
-            rows.append((where, rec["round"], unit))
-    return rows
+def _unit_rows(ledger: Ledger, key: str) -> list[Row]:
+    """The ledger lines on which this unit was on."""
+    return [(where, e.round, getattr(e, key)) for where, e in ledger if getattr(e, key).enabled]
 
 
-def _common(unit: dict, name: str, caveats: list[str]) -> tuple[str, bool]:
+def _common(unit: InteractionLevel | UserLevel, name: str, caveats: list[str]) -> tuple[str, bool]:
     """Accountant name and whether sampling is Poisson, the only scheme the accountants analyse."""
-    acc, scheme = str(unit.get("accountant") or "?").upper(), str(unit.get("sampling"))
+    acc, scheme = str(unit.accountant or "?").upper(), str(unit.sampling)
     if scheme.lower() != "poisson":
         caveats.append(CAVEATS["not_poisson"].format(unit=name, s=scheme, acc=acc))
     return acc, scheme.lower() == "poisson"
 
 
 def _enabled_rows(
-    config: dict, ledger: list[Record], key: str, flag: str, caveats: list[str]
+    config: dict, ledger: Ledger, key: str, flag: str, caveats: list[str]
 ) -> list[Row]:
     """The unit's ledger rows; a unit the config turned on but the ledger never saw is flagged."""
     rows = _unit_rows(ledger, key)
@@ -227,7 +135,7 @@ def _enabled_rows(
     return rows
 
 
-def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict[str, Any]:
+def _interaction(config: dict, ledger: Ledger, caveats: list[str]) -> dict[str, Any]:
     rows = _enabled_rows(config, ledger, "interaction_level", "dp-interaction", caveats)
     if not rows:
         return {"enabled": False, "unit": INTERACTION_UNIT}
@@ -237,12 +145,12 @@ def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict
         CAVEATS[k] for k in ("normalize", "rounded", "negatives", "embedding", "per_device")
     ]
     # Only the devices that trained in a round report, so a round's max can fall: keep the max.
-    reported = [(r, u) for _, r, u in rows if u.get("epsilon_max") is not None]
-    maxes = [u["epsilon_max"] for _, u in reported]
+    reported = [(r, u) for _, r, u in rows if u.epsilon_max is not None]
+    maxes = [u.epsilon_max for _, u in reported]
     eps_max = max(maxes, default=None)
-    stats_round, stats = reported[-1] if reported else (None, {})
+    stats_round, stats = reported[-1] if reported else (None, InteractionLevel())
     drop = next((i for i in range(1, len(maxes)) if maxes[i] < maxes[i - 1]), None)
-    sigma_rows = [u for _, _, u in rows if u.get("noise_multiplier_median") is not None]
+    sigma_rows = [u for _, _, u in rows if u.noise_multiplier_median is not None]
     if drop is not None:
         a, b, r1, r2 = maxes[drop - 1], maxes[drop], reported[drop - 1][0], reported[drop][0]
         caveats.append(CAVEATS["running_max"].format(a=a, r1=r1, b=b, r2=r2, last=stats_round))
@@ -251,49 +159,47 @@ def _interaction(config: dict, ledger: list[Record], caveats: list[str]) -> dict
         "unit": INTERACTION_UNIT,
         "epsilon_max": eps_max,
         "epsilon_max_round": reported[maxes.index(eps_max)][0] if maxes else None,
-        "epsilon_median": stats.get("epsilon_median"),
-        "epsilon_min": stats.get("epsilon_min"),
+        "epsilon_median": stats.epsilon_median,
+        "epsilon_min": stats.epsilon_min,
         "stats_round": stats_round,  # median and min are over the devices of this round only
-        "devices_reporting": stats.get("devices_reporting"),
-        "delta": last.get("delta", config.get("dp-delta")),
+        "devices_reporting": stats.devices_reporting,
+        "delta": _or(last.delta, config.get("dp-delta")),
         "accountant": acc,
-        "noise_multiplier": last.get("noise_multiplier"),  # None: calibrated to the target ε
+        "noise_multiplier": last.noise_multiplier,  # None: calibrated to the target ε
         # With a target ε each device's σ depends on its size: the range over the whole run.
-        "noise_multiplier_min": min((u["noise_multiplier_min"] for u in sigma_rows), default=None),
-        "noise_multiplier_median": sigma_rows[-1]["noise_multiplier_median"]
-        if sigma_rows
-        else None,
-        "noise_multiplier_max": max((u["noise_multiplier_max"] for u in sigma_rows), default=None),
-        "target_epsilon": last.get("target_epsilon"),
-        "max_grad_norm": last.get("max_grad_norm"),
+        "noise_multiplier_min": min((u.noise_multiplier_min for u in sigma_rows), default=None),
+        "noise_multiplier_median": sigma_rows[-1].noise_multiplier_median if sigma_rows else None,
+        "noise_multiplier_max": max((u.noise_multiplier_max for u in sigma_rows), default=None),
+        "target_epsilon": last.target_epsilon,
+        "max_grad_norm": last.max_grad_norm,
         # q and steps depend on each device's data size, which is not sent: only the rule is.
-        "sample_rate_rule": last.get("sample_rate_rule"),
-        "steps_rule": last.get("steps_rule"),
+        "sample_rate_rule": last.sample_rate_rule,
+        "steps_rule": last.steps_rule,
         "rounds_accounted": len(rows),
-        "epsilon_cap": last.get("epsilon_cap", config.get("dp-epsilon-cap")) or None,
+        "epsilon_cap": _or(last.epsilon_cap, config.get("dp-epsilon-cap")) or None,
         # The ledger's count is cumulative (distinct devices that declined so far).
-        "devices_at_cap": max(int(u.get("devices_at_cap") or 0) for _, _, u in rows),
-        "budget_exhausted": max(int(u.get("budget_exhausted") or 0) for _, _, u in rows),
-        "sampling": "Poisson (Opacus)" if poisson else last.get("sampling"),
+        "devices_at_cap": max(int(u.devices_at_cap or 0) for _, _, u in rows),
+        "budget_exhausted": max(int(u.budget_exhausted or 0) for _, _, u in rows),
+        "sampling": "Poisson (Opacus)" if poisson else last.sampling,
     }
 
 
-def _user(config: dict, ledger: list[Record], rejected: int, caveats: list[str]) -> dict[str, Any]:
+def _user(config: dict, ledger: Ledger, rejected: int, caveats: list[str]) -> dict[str, Any]:
     rows = _enabled_rows(config, ledger, "user_level", "dp-user", caveats)
     if not rows:
         return {"enabled": False, "unit": USER_UNIT}
     last = rows[-1][2]
     acc, poisson = _common(last, "User-level", caveats)
-    eps = [(r, u["epsilon"]) for _, r, u in rows if u.get("epsilon") is not None]
+    eps = [(r, u.epsilon) for _, r, u in rows if u.epsilon is not None]
     drop = next((i for i in range(1, len(eps)) if eps[i][1] < eps[i - 1][1]), None)
     if drop is not None:  # an accountant only composes upwards: flag it, claim the larger value
         caveats.append(CAVEATS["user_decrease"].format(r1=eps[drop - 1][0], r2=eps[drop][0]))
-    skipped = [str(u.get("status")) for _, _, u in rows if str(u.get("status")).startswith("skip")]
-    sampled = sum(int(u.get("sampled") or 0) for _, _, u in rows)
-    replied = sum(int(u.get("replied") or 0) for _, _, u in rows)
+    skipped = [str(u.status) for _, _, u in rows if str(u.status).startswith("skip")]
+    sampled = sum(int(u.sampled or 0) for _, _, u in rows)
+    replied = sum(int(u.replied or 0) for _, _, u in rows)
     caveats.append(CAVEATS["trust"])
     if poisson:
-        q, k = _fmt(last.get("sample_rate")), _fmt(last.get("expected_cohort"))
+        q, k = fmt(last.sample_rate), fmt(last.expected_cohort)
         caveats.append(CAVEATS["poisson"].format(q=q, k=k, acc=acc))
     if replied < sampled or rejected:
         caveats.append(CAVEATS["dropouts"].format(n=sampled - replied, r=rejected, m=sampled))
@@ -305,21 +211,21 @@ def _user(config: dict, ledger: list[Record], rejected: int, caveats: list[str])
         "enabled": True,
         "unit": USER_UNIT,
         "epsilon": max(e for _, e in eps) if eps else None,
-        "delta": last.get("delta", config.get("dp-user-delta")),
+        "delta": _or(last.delta, config.get("dp-user-delta")),
         "accountant": acc,
-        **{k: last.get(k) for k in (*keys, "expected_cohort", "rounds_accounted")},
+        **{k: getattr(last, k) for k in (*keys, "expected_cohort", "rounds_accounted")},
         "rounds_skipped": len(skipped),
         "clients_sampled": sampled,
         "clients_replied": replied,
-        "epsilon_cap": last.get("epsilon_cap", config.get("dp-user-epsilon-cap")) or None,
-        "sampling": "Poisson, fixed denominator" if poisson else last.get("sampling"),
+        "epsilon_cap": _or(last.epsilon_cap, config.get("dp-user-epsilon-cap")) or None,
+        "sampling": "Poisson, fixed denominator" if poisson else last.sampling,
     }
 
 
-def _summarize(run_dir: Path, config: dict, metrics: list[Record], ledger: list[Record]) -> dict:
+def _summarize(run_dir: Path, config: dict, metrics: list[RoundRecord], ledger: Ledger) -> dict:
     caveats: list[str] = []
-    stop = next(((r["round"], str(r["stopped"])) for _, r in ledger if "stopped" in r), None)
-    rejected = sum(int(r.get("fit_rejected") or 0) for _, r in metrics)
+    stop = next(((e.round, e.stopped) for _, e in ledger if e.stopped is not None), None)
+    rejected = sum(int(r.fit_rejected or 0) for r in metrics)
     interaction, user = (
         _interaction(config, ledger, caveats),
         _user(config, ledger, rejected, caveats),
@@ -335,22 +241,24 @@ def _summarize(run_dir: Path, config: dict, metrics: list[Record], ledger: list[
             name = "interaction-level" if unit is interaction else "user-level"
             caveats.append(
                 CAVEATS["over_cap"].format(
-                    unit=name, eps=_fmt(unit[eps]), cap=_fmt(unit["epsilon_cap"])
+                    unit=name, eps=fmt(unit[eps]), cap=fmt(unit["epsilon_cap"])
                 )
             )
     if stop:
         caveats.append(CAVEATS["stopped"].format(r=stop[0], why=stop[1]))
-    evals = [r for _, r in metrics if "hr10" in r]
+    evals = [r for r in metrics if r.evaluated]
     if evals and (interaction["enabled"] or user["enabled"]):
         caveats.append(CAVEATS["evaluation"])
     cohort = config.get("clients-per-round") or None
-    versions = next((r["library_versions"] for _, r in ledger[::-1] if "library_versions" in r), {})
+    versions = next(
+        (dict(e.library_versions) for _, e in ledger[::-1] if e.library_versions is not None), {}
+    )
     run = {"name": run_dir.resolve().name, "rounds_planned": config.get("num-server-rounds")}
     run |= {k: config.get(k) for k in ("kind", "model", "dataset", "seed")}
     return {
         "run": run
         | {
-            "rounds_completed": max((r["round"] for _, r in metrics), default=0),
+            "rounds_completed": max((r.round for r in metrics), default=0),
             "clients_per_round": cohort,
             "fraction_fit": None if cohort else config.get("fraction-fit"),
             "local_epochs": config.get("local-epochs"),
@@ -359,7 +267,8 @@ def _summarize(run_dir: Path, config: dict, metrics: list[Record], ledger: list[
         },
         "interaction_level": interaction,
         "user_level": user,
-        "utility": {k: evals[-1].get(k) if evals else None for k in ("round", *METRICS)},
+        "utility": {"round": evals[-1].round if evals else None}
+        | {k: evals[-1].metric(k) if evals else None for k in EVAL_METRICS},
         "library_versions": versions,
         "caveats": caveats,
     }
@@ -371,121 +280,17 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     return _summarize(run_dir, *_load(run_dir))
 
 
-def _table(report: dict[str, Any], key: str) -> list[tuple[str, str]]:
-    unit = _Formatted(report[key], opacus=report["library_versions"].get("opacus"))
-    if unit["enabled"] != "yes":
-        return [("Unit", unit["unit"]), ("Enabled", "no: no ε claimed")]
-    return [(label.format_map(unit), value.format_map(unit)) for label, value in TABLES[key]]
-
-
-def _plot(report: dict[str, Any], ledger: list[Record]) -> bytes:
-    """ε over rounds: interaction-level min-max band, median, running max; the user-level line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    inter = [(r, u) for _, r, u in _unit_rows(ledger, "interaction_level") if u.get("epsilon_max")]
-    if inter:
-        x, hi = [r for r, _ in inter], [u["epsilon_max"] for _, u in inter]
-        lo = [u.get("epsilon_min") or 0 for _, u in inter]
-        ax.fill_between(x, lo, hi, color="C0", alpha=0.2, label="interaction-level min–max")
-        mid = [u.get("epsilon_median") for _, u in inter]
-        ax.plot(x, mid, "o:", color="C0", ms=3, label="interaction-level median")
-        running = [max(hi[: i + 1]) for i in range(len(hi))]
-        ax.plot(x, running, "-", color="C0", lw=2, label="interaction-level max (running)")
-    user = [(r, u["epsilon"]) for _, r, u in _unit_rows(ledger, "user_level") if u.get("epsilon")]
-    if user:
-        ax.plot(*zip(*user, strict=True), "s-", color="C3", ms=3, label="user-level")
-    for key, color in (("interaction_level", "C0"), ("user_level", "C3")):
-        if report[key].get("epsilon_cap"):
-            cap_label = f"{key.replace('_', '-')} cap"
-            ax.axhline(report[key]["epsilon_cap"], ls="--", color=color, lw=1, label=cap_label)
-    if not inter and not user:
-        ax.text(0.5, 0.5, "no DP in this run: no ε claimed", ha="center", transform=ax.transAxes)
-    ax.set(xlabel="round", ylabel="ε (cumulative)")
-    ax.set_ylim(bottom=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-STYLE = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222}h1{font-size:1.5em;overflow-wrap:anywhere}h2{font-size:1.2em;margin-top:1.6em;
-border-bottom:1px solid #ddd}table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;
-padding:4px 8px;text-align:left;vertical-align:top}th{background:#f4f4f4;font-weight:600}
-.unit th{width:40%}.meta{color:#555}img{max-width:100%}li{margin:.3em 0}"""
-
-
-def _html(report: dict[str, Any], png: bytes) -> str:
-    e, run, util = html.escape, report["run"], report["utility"]
-    cohort = run["clients_per_round"] or f"fraction {_fmt(run['fraction_fit'])}"
-    meta = {"model": run["model"], "dataset": run["dataset"], "kind": run["kind"]}
-    meta |= {"rounds": f"{run['rounds_completed']} of {_fmt(run['rounds_planned'])}"}
-    meta |= {"clients per round": cohort, "stopped early": run["stopped"] or "no"}
-    name = e(str(run["name"]))
-    out = [
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Privacy report: "
-        f"{name}</title><style>{STYLE}</style></head><body><h1>Privacy report: {name}</h1>",
-        "<p class='meta'>" + " · ".join(e(f"{k}: {_fmt(v)}") for k, v in meta.items()) + "</p>",
-    ]
-    for key, title in (
-        ("interaction_level", "Interaction-level DP"),
-        ("user_level", "User-level DP"),
-    ):
-        unit = _Formatted(report[key])
-        eps = unit["epsilon_max" if key == "interaction_level" else "epsilon"]
-        what = PROTECTS[key].format(eps=eps, delta=unit["delta"])
-        if not report[key]["enabled"]:
-            what = "Off in this run: no guarantee for this unit, and no ε is claimed."
-        rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _table(report, key))
-        out.append(
-            f"<h2>{title}</h2><p><b>What is protected.</b> "
-            f"{e(what)}</p><table class='unit'>{rows}</table>"
-        )
-    # The plot sits beside the tables it illustrates, above the longer caveats.
-    data = base64.b64encode(png).decode("ascii")
-    out.append(
-        f"<h2>ε over rounds</h2><img alt='ε over rounds' src='data:image/png;base64,{data}'>"
-    )
-    out.append("<h2>Caveats</h2><ul>" + "".join(f"<li>{e(c)}</li>" for c in report["caveats"]))
-    out.append("</ul>")
-    if util["round"] is None:
-        out.append("<h2>Utility reached</h2><p>No evaluation round was recorded.</p>")
-    else:
-        cells = "".join(
-            f"<tr><td>{name}</td><td>{_fmt(util[k])}</td><td>{_fmt(util['full_' + k])}</td></tr>"
-            for name, k in (("HR@10", "hr10"), ("NDCG@10", "ndcg10"))
-        )
-        out.append(
-            f"<h2>Utility reached (round {util['round']})</h2><table><tr><th>metric</th>"
-            f"<th>sampled (1 + 99 negatives)</th><th>full ranking</th></tr>{cells}</table>"
-        )
-    versions = ", ".join(f"{k} {v}" for k, v in report["library_versions"].items())
-    out.append(
-        f"<p class='meta'>Library versions: {e(versions or 'not recorded')}</p></body></html>\n"
-    )
-    return "\n".join(out)
-
-
 def write_report(run_dir: Path) -> dict[str, Any]:
     """Writes privacy.json, privacy.png and report.html; all are built before any is written."""
     run_dir = Path(run_dir)
     config, metrics, ledger = _load(run_dir)
     report = _summarize(run_dir, config, metrics, ledger)
-    png = _plot(report, ledger)
-    page = _html(report, png)
+    series = [[(r, u) for _, r, u in _unit_rows(ledger, k)] for k in UNIT_KEYS]
+    png = plot(report, *series)
+    html_page = page(report, png)
     (run_dir / "privacy.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     (run_dir / "privacy.png").write_bytes(png)
-    (run_dir / "report.html").write_text(page, encoding="utf-8")
+    (run_dir / "report.html").write_text(html_page, encoding="utf-8")
     return report
 
 
@@ -505,7 +310,7 @@ def main(run_dir: str | Path) -> int:
         ("interaction_level", "Interaction-level DP"),
         ("user_level", "User-level DP"),
     ):
-        rows = _table(report, key)
+        rows = table(report, key)
         width = max(len(label) for label, _ in rows)
         print(f"\n{title}\n" + "\n".join(f"  {label:<{width}}  {value}" for label, value in rows))
     print(f"\n{len(report['caveats'])} caveats (see report.html); wrote {', '.join(OUTPUTS)}")

@@ -21,7 +21,8 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.workflow import SecAggPlusWorkflow
 
 from server.validation import InvalidReply
-from shared.secagg import CLIPPED_METRIC, SecAggPlan
+from shared.secagg import SecAggPlan
+from shared.wire import SECAGG_CLIPPED
 
 # The mean of updates of norm <= B has norm <= B; quantization adds far less than this slack.
 NORM_SLACK = 1e-3
@@ -94,7 +95,7 @@ def unmasked_mean(
 
 def clipped_fraction(results: Sequence[tuple[ClientProxy, FitRes]], num_coordinates: int) -> float:
     """Fraction of the round's masked coordinates the quantizer clipped, as devices report it."""
-    counts = [res.metrics.get(CLIPPED_METRIC) for _, res in results]
+    counts = [res.metrics.get(SECAGG_CLIPPED) for _, res in results]
     if any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in counts):
-        raise InvalidReply(f"devices must report {CLIPPED_METRIC} as a count, got {counts}")
+        raise InvalidReply(f"devices must report {SECAGG_CLIPPED} as a count, got {counts}")
     return sum(counts) / (len(results) * num_coordinates)

@@ -26,7 +26,6 @@ lower the reported ε.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from shared.config import RunConfig
 from shared.privacy import PrivacyHistory, clip_update, noise_for_target
+from shared.streams import Stream, generator, secret_seed
 
 
 def noisy_average(
@@ -103,12 +103,12 @@ class UserLevelDP:
             )
         return mechanism
 
-    def _rng(self, stream: int, server_round: int) -> np.random.Generator:
+    def _rng(self, stream: Stream, server_round: int) -> np.random.Generator:
         # Who is sampled and the noise must be secret: an observer who could replay them from the
         # run's seed (it is in config.json) would strip the noise and lose no amplification.
         if self.seed is None:
-            return np.random.default_rng(secrets.randbits(128))
-        return np.random.default_rng((self.seed, stream, server_round))
+            return np.random.default_rng(secret_seed(128))
+        return generator(self.seed, stream, server_round)
 
     def sample_rate(self, population: int) -> float:
         if self.clients_per_round:
@@ -128,7 +128,7 @@ class UserLevelDP:
     def sample(self, node_ids: Sequence[int], server_round: int) -> list[int]:
         """Poisson sampling: each node independently with probability q; accounts the round."""
         q = self.sample_rate(len(node_ids))
-        rng = self._rng(6, server_round)
+        rng = self._rng(Stream.USER_DP_SAMPLING, server_round)
         ordered = sorted(node_ids)
         chosen = [node for node, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
         self.history = self.history.add(self.noise_multiplier, q, 1)
@@ -142,7 +142,7 @@ class UserLevelDP:
         server_round: int,
     ) -> list[np.ndarray]:
         """The noised, fixed-denominator average update of this round."""
-        rng = self._rng(7, server_round)
+        rng = self._rng(Stream.USER_DP_NOISE, server_round)
         denominator = self.sample_rate(population) * population
         return noisy_average(
             updates, shapes, self.clip_norm, self.noise_multiplier, denominator, rng
@@ -152,10 +152,24 @@ class UserLevelDP:
         self, total: Sequence[np.ndarray], population: int, server_round: int
     ) -> list[np.ndarray]:
         """The noised, fixed-denominator average from a sum of device-clipped updates (SecAgg+)."""
-        rng = self._rng(7, server_round)
+        rng = self._rng(Stream.USER_DP_NOISE, server_round)
         denominator = self.sample_rate(population) * population
         return noised_sum(total, self.clip_norm, self.noise_multiplier, denominator, rng)
 
     def noise_stddev(self, population: int) -> float:
         """Std of the noise on the average: z S / (q N)."""
         return self.noise_multiplier * self.clip_norm / (self.sample_rate(population) * population)
+
+
+@dataclass
+class UserDPState:
+    """The run's user-level DP state, shared by the Poisson sampler and the noise step.
+
+    Plain data, so a checkpoint can write it: the mechanism (with its accountant's history) once
+    the population is known at the first round, the population, and why the run stopped, if it
+    did.
+    """
+
+    mechanism: UserLevelDP | None = None
+    population: int = 0
+    stopped: str | None = None

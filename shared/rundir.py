@@ -11,12 +11,16 @@ from typing import Any
 import numpy as np
 
 from shared.config import RunConfig
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-MODEL_FILE = "global_model.npz"
-PLOT_FILE = "metrics.png"
-LEDGER_FILE = "privacy_ledger.jsonl"
+from shared.records import (
+    CONFIG_FILE,
+    LEDGER_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PLOT_FILE,
+    LedgerEntry,
+    RoundRecord,
+)
+from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 
 def default_run_dir(config: RunConfig, kind: str) -> Path:
@@ -41,13 +45,15 @@ class RunDirectory:
             Path(config.out_dir) if config.out_dir else default_run_dir(config, kind), config, kind
         )
 
-    def log(self, record: dict[str, Any]) -> None:
+    def log(self, record: RoundRecord | dict[str, Any]) -> None:
+        """One metrics row: a federated round, or a centralized run's epoch (a plain dict)."""
+        row = record.to_json() if isinstance(record, RoundRecord) else record
         with (self.path / METRICS_FILE).open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(row) + "\n")
 
-    def log_privacy(self, entry: dict[str, Any]) -> None:
+    def log_privacy(self, entry: LedgerEntry) -> None:
         with (self.path / LEDGER_FILE).open("a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+            fh.write(json.dumps(entry.to_json()) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
@@ -62,6 +68,7 @@ class RunDirectory:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every metrics row as written, rounds or epochs (typed rounds: shared.records.read_rounds)."""
     lines = (Path(run_dir) / METRICS_FILE).read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
@@ -73,14 +80,14 @@ def plot_metrics(run_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(run_dir) if "hr10" in r]
+    records = [r for r in read_metrics(run_dir) if HR10 in r]
     x_key = "epoch" if records and "epoch" in records[0] else "round"
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label, style in (
-        ("hr10", "HR@10 (1 + 99 sampled)", "-o"),
-        ("ndcg10", "NDCG@10 (1 + 99 sampled)", "-s"),
-        ("full_hr10", "HR@10 (full ranking)", "--o"),
-        ("full_ndcg10", "NDCG@10 (full ranking)", "--s"),
+        (HR10, "HR@10 (1 + 99 sampled)", "-o"),
+        (NDCG10, "NDCG@10 (1 + 99 sampled)", "-s"),
+        (FULL_HR10, "HR@10 (full ranking)", "--o"),
+        (FULL_NDCG10, "NDCG@10 (full ranking)", "--s"),
     ):
         ax.plot([r[x_key] for r in records], [r[key] for r in records], style, label=label, ms=3)
     ax.set_xlabel(x_key)

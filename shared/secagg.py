@@ -29,10 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# FitIns config key: the L2 bound a device must clip its update to before masking (SecAgg+ on).
-BOUND_KEY = "confide.secagg-bound"
-# Fit metric: how many coordinates the quantizer would clip in this device's masked update.
-CLIPPED_METRIC = "secagg_clipped"
+# The wire names (the bound a device clips to, the count of coordinates the quantizer would clip)
+# are shared.wire.SECAGG_BOUND and shared.wire.SECAGG_CLIPPED.
 STAGES = ("setup", "share-keys", "collect", "unmask")  # the protocol's four stages, in order
 
 MAX_QUANTIZATION_BITS = 30  # Flower's stochastic rounding casts to int32: T + 1 must fit

@@ -30,8 +30,8 @@ from client.device import Device
 from client.service import AgentClient, serve
 from shared.certs import Credentials, make_credentials
 from shared.config import ConfigError, RunConfig, resolve_config
-from shared.data import Interactions, load_dataset
-from shared.rundir import read_metrics
+from shared.data import Interactions, dataset_for
+from shared.records import read_rounds
 from simulations.app_bundle import flower_app_dir
 from simulations.simulate import (
     _alive_in_group,
@@ -211,13 +211,7 @@ class Deployment:
 
 def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k: int) -> dict:
     started = time.monotonic()
-    data = load_dataset(
-        config.dataset,
-        config.data_dir or None,
-        seed=config.seed,
-        synthetic_users=config.synthetic_users,
-        synthetic_items=config.synthetic_items,
-    )
+    data = dataset_for(config)
     if config.num_items and config.num_items != data.num_items:
         raise ConfigError(f"num-items is {config.num_items}, the dataset has {data.num_items}")
     changed["num-items"] = data.num_items  # the server and devices know only the catalogue size
@@ -269,7 +263,7 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k:
         phases["run_s"] = time.monotonic() - started - sum(phases.values())
         result["run_id"] = run_id
         _log(f"run {run_id}: {result['status']}")
-        result["rounds"] = read_metrics(Path(changed["out-dir"]))
+        result["rounds"] = [r.to_json() for r in read_rounds(Path(changed["out-dir"]))]
         result["devices"] = [_ask_device(name, *stores[name], k, work) for name in names]
         phases["ask_s"] = time.monotonic() - started - sum(phases.values())
         rounds = result["rounds"]

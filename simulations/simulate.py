@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import RunConfig
-from shared.rundir import default_run_dir, read_metrics
+from shared.records import read_rounds
+from shared.rundir import default_run_dir
 from shared.split import split_for
 from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 from simulations.app_bundle import flower_app_dir
@@ -251,7 +252,7 @@ def _run_status(run_id: str, env: dict[str, str], connection: str = CONNECTION) 
 
 def _summarize(status: str, out_dir: Path) -> int:
     print(f"[confide] run status: {status}")
-    records = read_metrics(out_dir) if (out_dir / "metrics.jsonl").exists() else []
+    records = [r.to_json() for r in read_rounds(out_dir, required=False)]
     skipped = [r["round"] for r in records if "skipped" in r]
     if skipped:
         print(f"[confide] WARNING: {len(skipped)} round(s) left the model unchanged: {skipped}")

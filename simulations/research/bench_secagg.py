@@ -20,7 +20,7 @@ from pathlib import Path
 
 from shared.config import ConfigError, resolve_config
 from shared.defaults import CHECKOUT_PYPROJECT
-from shared.rundir import read_metrics
+from shared.records import read_rounds
 from simulations.configs import CONFIG_DIR
 from simulations.simulate import run_simulation
 
@@ -34,7 +34,7 @@ def fit_seconds(config_file: Path, settings: dict, supernodes: int, out: Path) -
     code = run_simulation(config, changed, supernodes=supernodes)
     if code:
         raise RuntimeError(f"simulation failed (exit {code}); see its log above")
-    return [r["fit_seconds"] for r in read_metrics(out)[1:] if "fit_seconds" in r]
+    return [r.fit_seconds for r in read_rounds(out)[1:] if r.fit_seconds is not None]
 
 
 def main(argv: list[str] | None = None) -> int:

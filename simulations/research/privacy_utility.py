@@ -20,7 +20,7 @@ from typing import Any
 
 from shared.config import resolve_config
 from shared.privacy import planned_participations
-from shared.rundir import read_metrics
+from shared.records import CONFIG_FILE, MODEL_FILE, read_rounds
 from shared.wire import EVAL_METRICS, FULL_HR10, FULL_NDCG10, HR10, NDCG10
 from simulations.cli import main as confide
 from simulations.configs import CONFIG_DIR
@@ -80,10 +80,10 @@ def default_rows(rounds: int, clients_per_round: int, population: int) -> list[R
 
 def _finished(run_dir: Path) -> bool:
     try:
-        records = read_metrics(run_dir)
+        records = read_rounds(run_dir)
     except (OSError, ValueError):
         return False
-    return any(HR10 in r for r in records) and (run_dir / "global_model.npz").exists()
+    return any(r.evaluated for r in records) and (run_dir / MODEL_FILE).exists()
 
 
 def run_row(row: Row, base_config: Path, common: list[str], out: Path) -> int:
@@ -100,17 +100,17 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
     """One table row from a finished run: last evaluation, privacy report, federation size."""
     from server.report import write_report
 
-    config = json.loads((run_dir / "config.json").read_text())
-    records = read_metrics(run_dir)
-    final = [r for r in records if HR10 in r][-1]
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    records = read_rounds(run_dir)
+    final = [r for r in records if r.evaluated][-1]
     summary: dict[str, Any] = {
         "row": row.name,
         "unit": row.unit,
         "target_epsilon": row.target_epsilon,
-        "rounds": max(r["round"] for r in records),
+        "rounds": max(r.round for r in records),
         "clients_per_round": config["clients-per-round"],
-        "eval_round": final["round"],
-        **{k: final[k] for k in EVAL_METRICS},
+        "eval_round": final.round,
+        **{k: final.metric(k) for k in EVAL_METRICS},
     }
     if row.unit == "none":
         return summary

@@ -6,17 +6,30 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from server.strategy import model_digest
+from server.provenance import model_digest
+from server.steps import RoundRecorder, UserLevelNoise
 from server.user_dp import UserLevelDP
-from shared.privacy import BUDGET_EXHAUSTED, clip_update
-from shared.secagg import CLIPPED_METRIC
+from shared.privacy import clip_update
+from shared.wire import BUDGET_EXHAUSTED, SECAGG_CLIPPED
 from tests.server.test_strategy import FakeProxy, make_strategy
 
 
 def _strategy(tmp_path, **changes):
     strategy, arrays, names = make_strategy(tmp_path, secagg=True, **changes)
-    strategy.record["fit_sampled"] = 4
+    strategy.round.note(fit_sampled=4)
     return strategy, arrays, names
+
+
+def _user_dp(strategy, population=30):
+    """The run's user-level state as the Poisson sampler leaves it at the first round."""
+    state = strategy.pipeline.find(UserLevelNoise).state
+    state.mechanism = UserLevelDP.from_config(strategy.config, population=population)
+    state.population = population
+    return state.mechanism
+
+
+def _run_dir(strategy):
+    return strategy.pipeline.find(RoundRecorder).run_dir
 
 
 def _updates(arrays, count, norm, seed=0):
@@ -35,7 +48,7 @@ def _secagg_results(updates, metrics=None, weight=1):
                 Status(Code.OK, ""),
                 mean,
                 weight,
-                {"loss": 0.5, CLIPPED_METRIC: 0} | (metrics[i] if metrics else {}),
+                {"loss": 0.5, SECAGG_CLIPPED: 0} | (metrics[i] if metrics else {}),
             ),
         )
         for i in range(len(updates))
@@ -52,8 +65,8 @@ def test_fedavg_of_the_masked_updates(tmp_path):
     ]
     for got, expected in zip(parameters_to_ndarrays(parameters), want, strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-6)
-    assert strategy.record["secagg_clipped_fraction"] == 0.0
-    assert strategy.record["secagg_survivors"] == 4 and strategy.record["train_loss"] == 0.5
+    assert strategy.round.record.secagg_clipped_fraction == 0.0
+    assert strategy.round.record.secagg_survivors == 4 and strategy.round.record.train_loss == 0.5
 
 
 def test_item_sum_and_budget_exhausted_devices_as_without_secagg(tmp_path):
@@ -69,19 +82,19 @@ def test_item_sum_and_budget_exhausted_devices_as_without_secagg(tmp_path):
         np.testing.assert_allclose(
             got, a + (3 * mean if name.startswith("item_") else mean), atol=1e-6
         )
-    assert strategy.record["budget_exhausted"] == 1
+    assert strategy.round.record.budget_exhausted == 1
 
 
 def test_user_dp_noise_is_added_to_the_unmasked_sum(tmp_path):
     strategy, arrays, _ = _strategy(  # seeded noise: compared with a replay of the same noise
         tmp_path, strategy="fedavg", dp_user=True, dp_user_clip_norm=0.3, dp_reproducible_noise=True
     )
-    strategy.user_dp = UserLevelDP.from_config(strategy.config, population=30)
-    strategy.population = 30
+    user_dp = _user_dp(strategy)
+    strategy.begin_round(5).note(fit_sampled=4)
     updates = _updates(arrays, 4, 0.3)
     parameters, _ = strategy.aggregate_fit(5, _secagg_results(updates), [])
     # the same noise and fixed denominator q N as the plaintext DP-FedAvg path
-    want = strategy.user_dp.aggregate(updates, [a.shape for a in arrays], 30, 5)
+    want = user_dp.aggregate(updates, [a.shape for a in arrays], 30, 5)
     for got, a, delta in zip(parameters_to_ndarrays(parameters), arrays, want, strict=True):
         np.testing.assert_allclose(got, a + delta, atol=1e-6)
 
@@ -91,28 +104,26 @@ def test_user_dp_noise_is_added_to_the_unmasked_sum(tmp_path):
     [
         (lambda u: _secagg_results(u, weight=7), "weights"),
         (lambda u: _secagg_results([[x * 1000 for x in v] for v in u]), "did not clip"),
-        (lambda u: _secagg_results(u, [{CLIPPED_METRIC: "x"}] * len(u)), CLIPPED_METRIC),
+        (lambda u: _secagg_results(u, [{SECAGG_CLIPPED: "x"}] * len(u)), SECAGG_CLIPPED),
     ],
 )
 def test_unusable_aggregate_skips_the_round(tmp_path, results, reason):
     strategy, arrays, _ = _strategy(tmp_path)
     parameters, _ = strategy.aggregate_fit(1, results(_updates(arrays, 3, 1.0)), [])
-    assert parameters is None and reason in strategy.record["skipped"]
+    assert parameters is None and reason in strategy.round.record.skipped
 
 
 def test_halted_round_is_recorded_and_the_ledger_accounts_it(tmp_path):
     strategy, arrays, _ = _strategy(tmp_path, dp_user=True)
-    strategy.user_dp = UserLevelDP.from_config(strategy.config, population=30)
-    strategy.population = 30
-    strategy.user_dp.sample(list(range(30)), 1)  # the round was sampled: accounted
+    _user_dp(strategy).sample(list(range(30)), 1)  # the round was sampled: accounted
     strategy.secagg_stage("setup", 4, None)
     strategy.secagg_stage("share-keys", 1, "secure aggregation halted at the share-keys stage")
     strategy.configure_evaluate(1, ndarrays_to_parameters(arrays), _NoClients())
-    record = json.loads((strategy.run_dir.path / "metrics.jsonl").read_text())
+    record = json.loads((_run_dir(strategy).path / "metrics.jsonl").read_text())
     assert record["skipped"].startswith("secure aggregation halted at the share-keys stage")
     assert record["secagg_active"] == {"setup": 4, "share-keys": 1} and record["fit_failures"] == 3
     assert record["model_sha256"] == model_digest(arrays)
-    ledger = json.loads((strategy.run_dir.path / "privacy_ledger.jsonl").read_text())
+    ledger = json.loads((_run_dir(strategy).path / "privacy_ledger.jsonl").read_text())
     assert ledger["user_level"]["status"].startswith("skipped: secure aggregation halted")
     assert ledger["user_level"]["rounds_accounted"] == 1 and ledger["user_level"]["epsilon"] > 0
     assert ledger["secure_aggregation"]["status"].startswith("skipped")

@@ -13,7 +13,11 @@ from flwr.common import (
     parameters_to_ndarrays,
 )
 
-from server.strategy import ConfideStrategy, build_aggregator
+from server.app import build_round
+from server.optimizers import ModelState
+from server.round import Aggregate, RoundState
+from server.steps import ReplyValidation, RoundRecorder, ServerOptimizer
+from server.strategy import ConfideStrategy
 from server.validation import InvalidReply, ReplyValidator
 from shared.models import build_model, global_arrays, global_names
 from shared.rundir import RunDirectory
@@ -42,16 +46,18 @@ def make_strategy(tmp_path, **changes):
     validator = ReplyValidator.for_global(
         names, arrays, max_num_examples=1000, max_update_norm=50.0
     )
-    strategy = ConfideStrategy(
-        config,
-        build_aggregator(config, initial, names),
-        validator,
-        initial,
-        RunDirectory.create(config, "federated"),
+    run_dir = RunDirectory.create(config, "federated")
+    sampler, pipeline, model = build_round(config, names, arrays, run_dir, validator)
+    strategy = ConfideStrategy(config, sampler, pipeline, model)
+    assert parameters_to_ndarrays(strategy.initialize_parameters(None))[0].tobytes() == (
+        parameters_to_ndarrays(initial)[0].tobytes()
     )
-    strategy.record = {"round": 1}
-    strategy.round_started = 0.0
+    strategy.begin_round(1).started = 0.0
     return strategy, arrays, names
+
+
+def validator_of(strategy: ConfideStrategy) -> ReplyValidator:
+    return strategy.pipeline.find(ReplyValidation).validator
 
 
 @pytest.fixture
@@ -86,14 +92,14 @@ BAD_ARRAYS = ["nan", "inf", "shape", "dtype", "missing", "extra", "huge"]
 def test_invalid_arrays_rejected_with_reason(setup, kind):
     strategy, arrays = setup
     with pytest.raises(InvalidReply):
-        strategy.validator.check(_fit_res(_corrupt(arrays, kind)), arrays)
+        validator_of(strategy).check(_fit_res(_corrupt(arrays, kind)), arrays)
 
 
 @pytest.mark.parametrize("examples", [0, -5, 10**9, 2.5, True])
 def test_bad_example_counts_rejected(setup, examples):
     strategy, arrays = setup
     with pytest.raises(InvalidReply, match="num_examples"):
-        strategy.validator.check(_fit_res(arrays, num_examples=examples), arrays)
+        validator_of(strategy).check(_fit_res(arrays, num_examples=examples), arrays)
 
 
 def test_undecodable_payload_rejected(setup):
@@ -101,7 +107,7 @@ def test_undecodable_payload_rejected(setup):
     reply = _fit_res(arrays)
     reply.parameters = Parameters(tensors=[b"not numpy"] * len(arrays), tensor_type="numpy.ndarray")
     with pytest.raises(InvalidReply, match="decoded"):
-        strategy.validator.check(reply, arrays)
+        validator_of(strategy).check(reply, arrays)
 
 
 @pytest.mark.parametrize("kind", BAD_ARRAYS)
@@ -116,7 +122,7 @@ def test_invalid_reply_never_reaches_the_model(setup, kind):
     # the aggregate is exactly the one valid reply: the corrupt one had no weight at all
     for got, want in zip(parameters_to_ndarrays(parameters), good, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert strategy.record["fit_rejected"] == 1 and strategy.record["fit_replies"] == 1
+    assert strategy.round.record.fit_rejected == 1 and strategy.round.record.fit_replies == 1
 
 
 def test_round_with_no_valid_reply_leaves_model_unchanged(setup):
@@ -126,10 +132,11 @@ def test_round_with_no_valid_reply_leaves_model_unchanged(setup):
     ]
     parameters, metrics = strategy.aggregate_fit(1, replies, [RuntimeError("client crashed")])
     assert parameters is None and metrics == {}  # Flower keeps the previous global model
-    assert strategy.record["skipped"].startswith("no valid trained replies")
-    assert strategy.record["fit_failures"] == len(BAD_ARRAYS) + 1
+    assert strategy.round.record.skipped.startswith("no valid trained replies")
+    assert strategy.round.record.fit_failures == len(BAD_ARRAYS) + 1
     strategy._finish_round()
-    logged = json.loads((strategy.run_dir.path / "metrics.jsonl").read_text().splitlines()[0])
+    run_dir = strategy.pipeline.find(RoundRecorder).run_dir
+    logged = json.loads((run_dir.path / "metrics.jsonl").read_text().splitlines()[0])
     assert logged["round"] == 1 and logged["fit_rejected"] == len(BAD_ARRAYS)
 
 
@@ -142,21 +149,21 @@ def test_fedavg_weights_by_examples(setup):
     )
     for got, base in zip(parameters_to_ndarrays(parameters), arrays, strict=True):
         np.testing.assert_allclose(got, base + 0.0175, atol=1e-6)  # (30*0.01 + 10*0.04) / 40
-    assert strategy.record["train_loss"] == pytest.approx(0.5)
+    assert strategy.round.record.train_loss == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("name", ["fedavg", "itemsum"])
-def test_server_momentum_reaches_the_aggregator(tmp_path, name):
+def test_server_momentum_reaches_the_optimizer(tmp_path, name):
     """Two rounds with the same average update: with momentum the second step is 1.9x the first."""
     config = small_config(strategy=name, server_momentum=0.9, out_dir=str(tmp_path))
-    start = [np.zeros(3, np.float32)]
-    aggregator = build_aggregator(config, ndarrays_to_parameters(start), ["output.bias"])
-    current = start[0]
+    model = ModelState([np.zeros(3, np.float32)])
+    optimizer = ServerOptimizer(name, model, ["output.bias"], config)
+    current = model.arrays[0]
     steps = []
     for server_round in (1, 2):
-        reply = (FakeProxy(1), _fit_res([current + 1.0], num_examples=1))
-        params, _ = aggregator.aggregate_fit(server_round, [reply], [])
-        new = parameters_to_ndarrays(params)[0]
+        # the round's average update is 1.0 (one device, weight 1)
+        optimizer.apply(RoundState(server_round, 0.0), Aggregate([np.full(3, 1.0)], cohort=1))
+        new = model.arrays[0]
         steps.append(float((new - current)[0]))
         current = new
     assert steps == pytest.approx([1.0, 1.9])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from client import training_round
-from server.strategy import model_digest
+from server.provenance import model_digest
 from shared.config import RunConfig
 from shared.defaults import default_values
 from shared.models import global_arrays, global_names

@@ -1,0 +1,23 @@
+"""The server's round mechanisms, one small class each (see :mod:`server.pipeline` for phases).
+
+:mod:`server.app` lists the ones a run uses, in order, from the config.
+"""
+
+from server.steps.optimizer import ServerOptimizer
+from server.steps.records import PrivacyLedger, RoundRecorder
+from server.steps.release import MeanOfTrained, UserLevelNoise
+from server.steps.replies import DeviceReports, ReplyValidation, ServerClip
+from server.steps.sums import PlaintextSum, SecAggSum
+
+__all__ = [
+    "DeviceReports",
+    "MeanOfTrained",
+    "PlaintextSum",
+    "PrivacyLedger",
+    "ReplyValidation",
+    "RoundRecorder",
+    "SecAggSum",
+    "ServerClip",
+    "ServerOptimizer",
+    "UserLevelNoise",
+]

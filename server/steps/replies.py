@@ -1,0 +1,143 @@
+"""REPLIES-phase steps: check each plaintext reply, clip it, and note what devices report."""
+
+from __future__ import annotations
+
+from logging import WARNING
+
+import numpy as np
+from flwr.common import log
+
+from server.optimizers import ModelState
+from server.pipeline import Phase, Step
+from server.round import Reply, RoundState
+from server.validation import InvalidReply, ReplyValidator
+from shared.config import RunConfig
+from shared.privacy import clip_update
+from shared.records import InteractionLevel
+from shared.wire import BUDGET_EXHAUSTED, DP_EPSILON, DP_NOISE_MULTIPLIER, DP_STATUS
+
+
+class ReplyValidation(Step):
+    """Every plaintext reply is checked (:mod:`server.validation`); a bad one is never used."""
+
+    phase = Phase.REPLIES
+
+    def __init__(self, validator: ReplyValidator, model: ModelState) -> None:
+        self.validator = validator
+        self.model = model
+
+    def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
+        valid = []
+        for reply in replies:
+            try:
+                arrays = self.validator.check(reply.res, self.model.arrays)
+            except InvalidReply as err:
+                log(
+                    WARNING,
+                    "round %d: rejected reply from node %s: %s",
+                    rnd.number,
+                    reply.node_id,
+                    err,
+                )
+                rnd.failures.append(err)
+                continue
+            reply.update = [new - old for new, old in zip(arrays, self.model.arrays, strict=True)]
+            valid.append(reply)
+        for failure in rnd.failures:
+            if isinstance(failure, BaseException) and not isinstance(failure, InvalidReply):
+                log(WARNING, "round %d: client failure: %s", rnd.number, failure)
+        rnd.note(
+            fit_replies=len(valid),
+            fit_rejected=len(replies) - len(valid),
+            fit_failures=len(rnd.failures),
+        )
+        return valid
+
+
+class ServerClip(Step):
+    """User-level DP: clip each update to S again (a no-op for an honest device)."""
+
+    phase = Phase.REPLIES
+    must_follow = ("ReplyValidation",)
+
+    def __init__(self, clip_norm: float) -> None:
+        self.clip_norm = clip_norm
+
+    def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
+        for reply in replies:
+            if reply.trained and reply.update is not None:
+                reply.update = clip_update(reply.update, self.clip_norm)[0]
+        return replies
+
+
+class DeviceReports(Step):
+    """What the devices report about their own DP-SGD: recorded for the ledger, never trusted.
+
+    A device's ε and σ are rounded on the device; junk values are dropped. Devices that declined
+    (at their budget) are counted per round and, distinct, over the run.
+    """
+
+    phase = Phase.REPLIES
+    must_follow = ("ReplyValidation",)
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.nodes_at_cap: set[int] = set()  # distinct devices that declined, whole run
+        self.seen: tuple[int, list[float], list[float]] = (0, [], [])  # round, ε's, σ's
+
+    def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
+        trained = [r for r in replies if r.trained]
+        self.seen = (
+            rnd.number,
+            _reported(replies, DP_EPSILON),
+            _reported(trained, DP_NOISE_MULTIPLIER),
+        )
+        self.nodes_at_cap |= {
+            r.node_id for r in replies if r.metrics.get(DP_STATUS) == BUDGET_EXHAUSTED
+        }
+        rnd.note(budget_exhausted=len(replies) - len(trained))
+        return replies
+
+    def ledger_units(self, rnd: RoundState) -> dict[str, InteractionLevel]:
+        cfg = self.config
+        if not cfg.dp_interaction:
+            return {}
+        number, eps, sigmas = self.seen
+        if number != rnd.number:  # no replies this round
+            eps, sigmas = [], []
+        return {
+            "interaction_level": InteractionLevel(
+                enabled=True,
+                accountant=cfg.dp_accountant,
+                noise_multiplier=cfg.dp_noise_multiplier if not cfg.dp_target_epsilon else None,
+                target_epsilon=cfg.dp_target_epsilon or None,
+                max_grad_norm=cfg.dp_max_grad_norm,
+                delta=cfg.dp_delta,
+                epsilon_cap=cfg.dp_epsilon_cap or None,
+                sampling="poisson",
+                # Per-device q and steps depend on the device's data size, which stays private:
+                # only how they are derived is recorded.
+                sample_rate_rule=f"batch-size / n per device (batch-size {cfg.batch_size})",
+                steps_rule="local-epochs x ceil(n / batch-size)",
+                local_epochs=cfg.local_epochs,
+                devices_reporting=len(eps),
+                epsilon_min=min(eps) if eps else None,
+                epsilon_median=float(np.median(eps)) if eps else None,
+                epsilon_max=max(eps) if eps else None,
+                # σ per device (a target ε is met with a σ that depends on the device's size)
+                noise_multiplier_min=min(sigmas) if sigmas else None,
+                noise_multiplier_median=float(np.median(sigmas)) if sigmas else None,
+                noise_multiplier_max=max(sigmas) if sigmas else None,
+                devices_at_cap=len(self.nodes_at_cap),
+                budget_exhausted=rnd.record.budget_exhausted or 0,
+            )
+        }
+
+
+def _reported(replies: list[Reply], key: str) -> list[float]:
+    """A numeric metric the devices report, for the ledger only (never trusted); junk dropped."""
+    return [
+        float(value)
+        for r in replies
+        if isinstance(value := r.metrics.get(key), (int, float)) and 0 <= value < 1e6
+    ]

@@ -1,0 +1,40 @@
+"""The report of the run directories checked in from before the typed records (old format)."""
+
+import json
+import shutil
+
+import pytest
+
+from server.report import build_report, main
+from tests.shared.test_records import FIXTURES
+
+
+@pytest.mark.parametrize("name", ["run-2026-12", "run-2026-12-secagg"])
+def test_report_of_a_checked_in_run_is_what_todays_code_wrote(tmp_path, name):
+    """expected_privacy.json was written by the report before the typed records existed."""
+    run = tmp_path / name
+    shutil.copytree(FIXTURES / name, run)
+    expected = json.loads((FIXTURES / name / "expected_privacy.json").read_text())
+    assert json.loads(json.dumps(build_report(run))) == expected
+    if name == "run-2026-12":
+        assert expected["user_level"]["epsilon"] == 3.188991562633588
+        assert expected["run"]["stopped"].startswith("user-level epsilon cap 3.5 reached")
+        assert expected["interaction_level"]["epsilon_max"] == 1.7
+        assert expected["utility"]["hr10"] == 0.1 and expected["run"]["rounds_completed"] == 3
+
+
+def test_progress_and_summary_readers_on_the_old_run(tmp_path, capsys):
+    from server.progress import progress_line
+    from shared.records import read_rounds
+    from simulations.simulate import _summarize
+
+    rounds = read_rounds(FIXTURES / "run-2026-12")
+    line = progress_line(rounds[2], 3)
+    assert line.startswith("[confide] round 3/3 | STOPPED (user-level epsilon cap 3.5 reached")
+    assert "HR@10 0.1000 NDCG@10 0.1000 (full 0.1000/0.1000)" in line
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run-2026-12", run)
+    assert _summarize("finished:completed", run) == 0
+    out = capsys.readouterr().out
+    assert "round 3: HR@10 0.1000" in out and "left the model unchanged" not in out
+    assert main(run) == 0
