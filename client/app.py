@@ -93,6 +93,6 @@ def simulated_user(config: RunConfig, node_config: Mapping[str, object]) -> tupl
     return user_id, split.user_data(user_id)
 
 
-# Order matters: SecAgg+ must mask the update AFTER it is clipped (DESIGN.md §6), and the fault
+# Order matters: SecAgg+ must mask the update AFTER it is clipped (docs/design.md §8), and the fault
 # hook must see every message first, so that a deployed device refuses it before anything runs.
 app = ClientApp(client_fn=client_fn, mods=[fault_injection_mod, secagg_mod, user_clipping_mod])

@@ -143,7 +143,7 @@ class Device:
         server) whenever the interactions or the model changed since the last fit: that is
         what makes a device with only a few interactions get personal results (cold start).
         The re-fitted embedding is kept apart from the one federated training uses, which is
-        only ever trained inside DP-SGD steps (DESIGN.md §4).
+        only ever trained inside DP-SGD steps (docs/design.md §4).
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -239,7 +239,7 @@ class Device:
         return self._seed(run_id)
 
     def training_data(self, num_items: int, eval_negatives: int) -> UserData:
-        """Leave-one-out over this device's own interactions, as in simulation (DESIGN.md §7).
+        """Leave-one-out over this device's own interactions, as in simulation (docs/design.md §5).
 
         Every item counts once (its latest timestamp); the latest item is held out (ties: the
         largest item id), and the evaluation negatives are items never seen, fixed per device.

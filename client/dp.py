@@ -1,4 +1,4 @@
-"""On-device DP-SGD with Opacus: interaction-level differential privacy (DESIGN.md §4).
+"""On-device DP-SGD with Opacus: interaction-level differential privacy (docs/design.md §4).
 
 The protected unit is one interaction of one device. Each DP-SGD sample is one positive
 interaction together with its freshly sampled negatives, so clipping the per-sample gradient
@@ -6,9 +6,10 @@ bounds everything a single interaction contributes. The user's private embedding
 of the same model, so it is trained inside the same clipped, noised steps.
 
 Per-sample gradients use Opacus' ghost clipping: the default hooks materialize a dense
-B x V x D gradient per embedding table per step (DESIGN.md §6), ghost clipping computes the same
-norms from the sparse indices. The device's accountant is a :class:`PrivacyHistory` restored from
-the device state before training and saved after it, so ε composes over the whole run.
+B x V x D gradient per embedding table per step (docs/design.md §8), ghost clipping computes the
+same norms from the sparse indices. The device's accountant is a :class:`PrivacyHistory`
+restored from the device state before training and saved after it, so ε composes over the whole
+run.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The ClientApp's mods are fixed when it is built, so each one acts only on the messages meant for
 it: ``[fault_injection_mod, secagg_mod, user_clipping_mod]``. SecAgg+ wraps the clipping mod, so
-clipping sees the plain update and SecAgg+ masks the clipped one (the order DESIGN.md §6 requires).
+clipping sees the plain update and SecAgg+ masks the clipped one (the order docs/design.md §8
+requires).
 """
 
 from __future__ import annotations

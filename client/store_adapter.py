@@ -7,7 +7,7 @@ A SuperNode names its store in its node config, with one way to get the key:
 
 The key is 64 hex digits (32 bytes), in a file readable only by its owner, kept outside the
 store's directory, or in an environment variable of the SuperNode. Each round runs in a fresh
-ClientApp process (DESIGN.md §6), so the store is opened per message: it is the source of truth
+ClientApp process (docs/design.md §8), so the store is opened per message: it is the source of truth
 for the private embedding and the accountant, which are restored from it before training and
 saved back after, together with the global model the server sent (:class:`StoreState`).
 """

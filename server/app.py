@@ -1,4 +1,4 @@
-"""ServerApp: Flower glue on the legacy workflow route, which supports SecAgg+ (DESIGN.md §6).
+"""ServerApp: Flower glue on the legacy workflow route, which supports SecAgg+ (docs/design.md §8).
 
 :func:`build_round` is the whole server in one screen: who is sampled, and every step a round's
 replies go through, in order (:mod:`server.pipeline` checks the order and says what is wrong).

@@ -1,7 +1,8 @@
 """The privacy-budget report of one run directory: privacy.json, privacy.png and report.html.
 
-It follows DESIGN.md §4: each unit is named with its ε, δ, accountant (and library version), q, σ,
-rounds/steps and sampling scheme, and ε is claimed only for a unit the privacy ledger shows was on.
+It follows docs/design.md §4: each unit is named with its ε, δ, accountant (and library version),
+q, σ, rounds/steps and sampling scheme, and ε is claimed only for a unit the privacy ledger shows
+was on.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Flower's ``SecAggPlusWorkflow`` ends a round that lost too many devices by logging "Secure
 aggregation halted." and returning: the strategy is never called, the model stays as it was and
-the run still exits 0 (DESIGN.md §6). Here each stage is wrapped (not copied) so that a halt is
+the run still exits 0 (docs/design.md §8). Here each stage is wrapped (not copied) so that a halt is
 reported to the strategy with the stage and the survivor count, and recorded as a skipped round.
 
 Under SecAgg+ the strategy's ``aggregate_fit`` receives one result per device whose masked update

@@ -1,7 +1,7 @@
 """Checks every client reply before it can touch the global model.
 
 Flower's FedAvg lets NaN/Inf and huge updates through, crashes on wrong shapes with a raw
-ValueError and divides by zero when all weights are 0 (DESIGN.md §6). A reply that fails any
+ValueError and divides by zero when all weights are 0 (docs/design.md §8). A reply that fails any
 check here is rejected with a reason; it is never aggregated.
 """
 

@@ -1,6 +1,6 @@
 """NCF-family recommenders (GMF, MLP, NeuMF; He et al. 2017) and the MF dot-product baseline.
 
-Every model splits into two parameter groups (DESIGN.md §2):
+Every model splits into two parameter groups (docs/design.md §2):
 
 - **private**: the user's own embedding rows (every parameter whose name starts with ``user_``).
   They never leave the device.

@@ -1,4 +1,4 @@
-"""Privacy accounting (DESIGN.md §4): pure functions over Opacus' accountants, plus a history.
+"""Privacy accounting (docs/design.md §4): pure functions over Opacus' accountants, plus a history.
 
 A mechanism run is a history of ``(noise_multiplier, sample_rate, steps)`` entries: every
 Poisson-subsampled Gaussian step ever taken. ε is computed from the WHOLE history, so a device's

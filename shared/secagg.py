@@ -4,7 +4,7 @@ Flower's SecAgg+ (client ``secaggplus_mod``, server ``SecAggPlusWorkflow``) send
 ``q = round((w * x + c) * T / 2c)`` for every coordinate x of the update (w: the device's weight
 over ``max_weight``; c: ``clipping_range``; T: ``quantization_range``; values outside [-c, c] are
 silently clipped), plus a weight factor, all masked modulo M (``modulus_range``). The server sums
-modulo M and dequantizes. Two silent failures follow from a careless choice (DESIGN.md §6):
+modulo M and dequantizes. Two silent failures follow from a careless choice (docs/design.md §8):
 
 * **clipping**: a coordinate with |w x| > c is cut to c;
 * **wrap-around**: the cohort's sum of the q's (each in [0, T]) reaches M and wraps modulo M.

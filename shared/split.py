@@ -1,4 +1,4 @@
-"""Leave-one-out split, evaluation negatives and training negatives (DESIGN.md §7).
+"""Leave-one-out split, evaluation negatives and training negatives (docs/design.md §5).
 
 Per-user randomness comes from :mod:`shared.streams` (seeded by ``(seed, purpose, user)``), so a
 user's negatives do not depend on any other user: a device can reproduce its own evaluation set

@@ -2,7 +2,7 @@
 
 Why not plain ``flwr run .``: with no connection configured it starts a detached SuperLink that
 keeps running and ``uv sync``s the app's dependencies (torch included) into a fresh environment
-per run (DESIGN.md §6). Here we start ``flower-superlink --simulation`` with runtime dependency
+per run (docs/design.md §8). Here we start ``flower-superlink --simulation`` with runtime dependency
 installation disabled, in a private ``FLWR_HOME`` (the user's ``~/.flwr`` is left alone), stream
 the run's log, read its real status (``flwr run`` exits 0 even when the ServerApp raised) and stop
 every process we started, by PID and process group.

@@ -299,7 +299,7 @@ def test_missing_run_dir_and_cli(tmp_path, capsys, both_on):
 def test_rendered_in_chromium(both_on, tmp_path):
     main(both_on)
     shot = tmp_path / "screen.png"
-    script = ROOT / "simulations" / "render_report.py"
+    script = ROOT / "simulations" / "research" / "render_report.py"
     cmd = [sys.executable, str(script), str(both_on), "--png", str(shot)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -312,6 +312,6 @@ def test_rendered_in_chromium(both_on, tmp_path):
 
 
 def test_render_script_needs_a_report(tmp_path):
-    script = ROOT / "simulations" / "render_report.py"
+    script = ROOT / "simulations" / "research" / "render_report.py"
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True)
     assert done.returncode == 1 and b"confide report" in done.stderr
