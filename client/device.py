@@ -195,7 +195,8 @@ class Device:
     # -- state the deployed ClientApp keeps here -------------------------------------------
     def run_config(self) -> RunConfig | None:
         data = self.store.get(RUN_CONFIG)
-        return None if data is None else RunConfig.from_mapping(json.loads(data))
+        # Saved by an earlier run, maybe by an older Confide: keys added since take defaults.
+        return None if data is None else RunConfig.from_saved(json.loads(data))
 
     def global_model(self) -> list[np.ndarray] | None:
         data = self.store.get(GLOBAL)

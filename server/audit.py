@@ -16,7 +16,8 @@ only the cohort's sum, so every member of a cohort gets the same guess. The base
 n most popular items, which needs no update at all. Ties are broken at random (seeded), so an
 all-zero score is no better than a guess.
 
-Pure NumPy; the driver (``simulations/research/audit.py``) produces the updates with the devices' code.
+Pure NumPy; the driver (``simulations/research/audit.py``) produces the updates with the devices'
+code.
 """
 
 from __future__ import annotations

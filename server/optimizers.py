@@ -85,14 +85,7 @@ def item_sum(
     steps = [
         (cohort if is_item else 1.0) * u for u, is_item in zip(update, is_item_table, strict=True)
     ]
-    velocity = state.velocity
-    if momentum:
-        if velocity is None:
-            velocity = [np.zeros_like(s) for s in steps]
-        velocity = [momentum * v + s for v, s in zip(velocity, steps, strict=True)]
-        steps = velocity
-    new = [(c + learning_rate * s).astype(c.dtype) for c, s in zip(current, steps, strict=True)]
-    return new, OptimizerState(velocity=velocity)
+    return fedavgm(current, steps, state, learning_rate=learning_rate, momentum=momentum)
 
 
 def fedadam(

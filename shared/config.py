@@ -167,6 +167,17 @@ class RunConfig:
         config.validate()
         return config
 
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any]) -> RunConfig:
+        """A config an earlier run (or an older Confide) saved: config.json, a device's store.
+
+        Saved configs outlive the code that wrote them, so keys added since take their defaults,
+        and entries that are not config keys (``kind``, keys since removed) are dropped; every
+        value the run recorded wins.
+        """
+        defaults = default_values()
+        return cls.from_mapping(defaults | {k: v for k, v in values.items() if k in defaults})
+
     def to_mapping(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 

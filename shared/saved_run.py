@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import RunConfig
-from shared.defaults import default_values
 from shared.models import global_names
 from shared.rundir import CONFIG_FILE, MODEL_FILE
 from shared.split import split_for
@@ -27,10 +26,7 @@ def load_run(run_dir: Path) -> tuple[RunConfig, list[np.ndarray]]:
         raise FileNotFoundError(
             f"{run_dir} is not a finished run: it needs {CONFIG_FILE} and {MODEL_FILE}"
         )
-    saved = json.loads(config_path.read_text())
-    # Keys added since the run was made take their defaults; the run's own values win.
-    defaults = default_values()
-    config = RunConfig.from_mapping(defaults | {k: v for k, v in saved.items() if k in defaults})
+    config = RunConfig.from_saved(json.loads(config_path.read_text()))
     names = global_names(config.build_model(split_for(config).num_items))
     with np.load(model_path) as arrays:
         return config, [arrays[name] for name in names]

@@ -97,11 +97,7 @@ def stop_process_tree(process: subprocess.Popen, timeout: float = 15.0) -> None:
         except ProcessLookupError:
             pass
     groups.discard(os.getpgid(0))  # never our own group
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    _signal_groups(groups, signal.SIGTERM)
     if process.poll() is None:
         process.terminate()
     deadline = time.monotonic() + timeout
@@ -109,14 +105,18 @@ def stop_process_tree(process: subprocess.Popen, timeout: float = 15.0) -> None:
         if process.poll() is not None and not any(_alive_in_group(g) for g in groups):
             return
         time.sleep(0.2)
-    for pgid in groups:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _signal_groups(groups, signal.SIGKILL)
     if process.poll() is None:
         process.kill()
     process.wait(timeout=5)
+
+
+def _signal_groups(groups: set[int], signum: int) -> None:
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass  # the group is gone already
 
 
 def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: int = 0) -> int:

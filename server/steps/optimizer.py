@@ -36,34 +36,26 @@ class ServerOptimizer(Step):
         self.tau = config.server_adam_tau
 
     def apply(self, rnd: RoundState, aggregate: Aggregate) -> None:
-        current, update = self.model.arrays, aggregate.update
-        if self.rule == "itemsum":
-            new, self.state = item_sum(
-                current,
-                update,
-                self.state,
-                is_item_table=self.is_item_table,
-                cohort=aggregate.cohort,
-                learning_rate=self.learning_rate,
-                momentum=self.momentum,
-            )
-        elif self.rule == "fedadam":
-            new, self.state = fedadam(
-                current,
-                update,
-                self.state,
+        new, self.state = self._step(rnd, aggregate)
+        self.model.arrays = [np.asarray(a) for a in new]
+
+    def _step(
+        self, rnd: RoundState, aggregate: Aggregate
+    ) -> tuple[list[np.ndarray], OptimizerState]:
+        given = (self.model.arrays, aggregate.update, self.state)
+        if self.rule == "fedadam":
+            beta_1, beta_2 = ADAM_BETAS
+            return fedadam(
+                *given,
                 server_round=rnd.number,
                 eta=self.learning_rate,
-                beta_1=ADAM_BETAS[0],
-                beta_2=ADAM_BETAS[1],
+                beta_1=beta_1,
+                beta_2=beta_2,
                 tau=self.tau,
             )
-        else:  # FedAvgM with no momentum and rate 1.0 is plain FedAvg.
-            new, self.state = fedavgm(
-                current,
-                update,
-                self.state,
-                learning_rate=self.learning_rate,
-                momentum=self.momentum,
+        step = {"learning_rate": self.learning_rate, "momentum": self.momentum}
+        if self.rule == "itemsum":
+            return item_sum(
+                *given, is_item_table=self.is_item_table, cohort=aggregate.cohort, **step
             )
-        self.model.arrays = [np.asarray(a) for a in new]
+        return fedavgm(*given, **step)  # FedAvgM with no momentum and rate 1.0 is plain FedAvg

@@ -16,6 +16,12 @@ from shared.records import SecureAggregation
 from shared.secagg import SecAggPlan
 from shared.wire import SECAGG_BOUND
 
+# The derived protocol parameters a reviewer sees in the ledger (shared.secagg.SecAggPlan's names).
+PLAN_IN_LEDGER = (
+    *("bound", "num_shares", "reconstruction_threshold", "clipping_range"),
+    *("quantization_range", "modulus_range", "max_cohort"),
+)
+
 
 class PlaintextSum(Step):
     """The sum of the validated updates of the devices that trained.
@@ -111,17 +117,10 @@ class SecAggSum(Step):
         return RoundSum(total=total, weight=float(len(trained)), trained=len(trained))
 
     def ledger_units(self, rnd: RoundState) -> dict[str, SecureAggregation]:
-        plan = self.plan
         return {
             "secure_aggregation": SecureAggregation(
                 enabled=True,
-                bound=plan.bound,
-                num_shares=plan.num_shares,
-                reconstruction_threshold=plan.reconstruction_threshold,
-                clipping_range=plan.clipping_range,
-                quantization_range=plan.quantization_range,
-                modulus_range=plan.modulus_range,
-                max_cohort=plan.max_cohort,
+                **{name: getattr(self.plan, name) for name in PLAN_IN_LEDGER},
                 survivors=rnd.record.secagg_survivors or 0,
                 clipped_fraction=rnd.record.secagg_clipped_fraction,
                 status=rnd.status(),

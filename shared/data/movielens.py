@@ -38,18 +38,7 @@ def load_ml100k(path: PathLike) -> Interactions:
     arr = fast_loadtxt(f, delimiter="\t", dtype=NUMERIC_DTYPE, encoding="utf-8")
     if arr is not None:
         return from_struct(arr)
-    lines = split_lines(read_text(f))
-    users, items, ts = parse_rows(
-        f,
-        split_rows(lines, "\t"),
-        Columns(4, 0, 1, 2, 3),
-        integer_ids=True,
-        integer_ts=True,
-        expected=ML100K_FORMAT,
-        delimiter_name="tabs",
-        end_line=len(lines) + 1,
-    )
-    return from_arrays(users, items, ts)
+    return _integer_rows(f, "\t", Columns(4, 0, 1, 2, 3), ML100K_FORMAT, "tabs")
 
 
 def _load_double_colon(f: Path) -> Interactions | None:
@@ -76,18 +65,7 @@ def load_ml_dat(path: PathLike) -> Interactions:
     fast = _load_double_colon(f)
     if fast is not None:
         return fast
-    lines = split_lines(read_text(f))
-    users, items, ts = parse_rows(
-        f,
-        split_rows(lines, "::"),
-        cols,
-        integer_ids=True,
-        integer_ts=True,
-        expected=ML_DAT_FORMAT,
-        delimiter_name="'::'",
-        end_line=len(lines) + 1,
-    )
-    return from_arrays(users, items, ts)
+    return _integer_rows(f, "::", cols, ML_DAT_FORMAT, "'::'")
 
 
 _ML_CSV_COLUMNS = ("userid", "movieid", "rating", "timestamp")
@@ -133,15 +111,22 @@ def load_movielens_csv(path: PathLike) -> Interactions:
         arr = fast_loadtxt(f, delimiter=",", dtype=dtype, skiprows=header_idx + 1, encoding="utf-8")
     if arr is not None:
         return from_struct(arr)
+    return _integer_rows(f, ",", cols, ML_CSV_FORMAT, "commas", start=header_idx + 1)
+
+
+def _integer_rows(
+    f: Path, delimiter: str, cols: Columns, expected: str, delimiter_name: str, start: int = 0
+) -> Interactions:
+    """The line-by-line path every MovieLens format falls back to: integer ids and timestamps."""
     lines = split_lines(read_text(f))
     users, items, ts = parse_rows(
         f,
-        split_rows(lines, ",", start=header_idx + 1),
+        split_rows(lines, delimiter, start=start),
         cols,
         integer_ids=True,
         integer_ts=True,
-        expected=ML_CSV_FORMAT,
-        delimiter_name="commas",
+        expected=expected,
+        delimiter_name=delimiter_name,
         end_line=len(lines) + 1,
     )
     return from_arrays(users, items, ts)

@@ -1,5 +1,6 @@
 """The device SDK, and the deployed ClientApp reading from and writing to the device store."""
 
+import json
 import math
 import os
 import secrets
@@ -16,7 +17,7 @@ from flwr.compat.common.recorddict_compat import (
 )
 
 from client.app import app
-from client.device import Device, ModelNotReady
+from client.device import RUN_CONFIG, Device, ModelNotReady
 from client.policy import PolicyViolation
 from client.state import HISTORY_RECORD, PRIVATE_RECORD
 from client.store_adapter import StoreRun, read_key_file, store_key
@@ -287,3 +288,14 @@ def test_deployed_device_refuses_the_test_fault_hook_and_keeps_the_store_as_it_w
         _send(_config(), node_config, RecordDict(), "train", messages["train"]), True
     )
     assert set(res.metrics) == {LOSS}
+
+
+def test_a_store_written_by_an_older_version_still_opens(device):
+    """Its saved run config lacks keys added since: they take their defaults."""
+    config = _config(csv_delimiter=";", dataset="csv", data_dir="/x.csv")
+    device.save_global(config, _global(config))
+    older = {k: v for k, v in config.to_mapping().items() if k != "csv-header"}
+    device.store.put(RUN_CONFIG, json.dumps(older).encode())
+    restored = device.run_config()
+    assert restored.csv_header == "auto" and restored.csv_delimiter == ";"
+    assert device.status()["num_items"] == NUM_ITEMS

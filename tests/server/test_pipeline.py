@@ -3,20 +3,10 @@
 import numpy as np
 import pytest
 
+from server import steps
 from server.app import build_round
 from server.optimizers import ModelState
 from server.pipeline import Pipeline, PipelineError
-from server.steps import (
-    DeviceReports,
-    MeanOfTrained,
-    PlaintextSum,
-    PrivacyLedger,
-    ReplyValidation,
-    RoundRecorder,
-    ServerClip,
-    ServerOptimizer,
-    UserLevelNoise,
-)
 from server.user_dp import UserDPState
 from server.validation import ReplyValidator
 from shared.rundir import RunDirectory
@@ -59,36 +49,36 @@ def _steps(tmp_path, **changes):
     run_dir = RunDirectory.create(config, "x")
     validator = ReplyValidator.for_global(NAMES, ARRAYS, max_num_examples=10, max_update_norm=1)
     return {
-        "validate": ReplyValidation(validator, model),
-        "reports": DeviceReports(config),
-        "clip": ServerClip(1.0),
-        "sum": PlaintextSum(model, uniform=True),
-        "noise": UserLevelNoise(config, UserDPState()),
-        "mean": MeanOfTrained(),
-        "optimizer": ServerOptimizer("fedavg", model, NAMES, config),
-        "recorder": RoundRecorder(run_dir, 1),
-        "ledger": PrivacyLedger(config, run_dir),
+        "validate": steps.ReplyValidation(validator, model),
+        "reports": steps.DeviceReports(config),
+        "clip": steps.ServerClip(1.0),
+        "sum": steps.PlaintextSum(model, uniform=True),
+        "noise": steps.UserLevelNoise(config, UserDPState()),
+        "mean": steps.MeanOfTrained(),
+        "optimizer": steps.ServerOptimizer("fedavg", model, NAMES, config),
+        "recorder": steps.RoundRecorder(run_dir, 1),
+        "ledger": steps.PrivacyLedger(config, run_dir),
     }
 
 
-def _pipeline(steps, *names):
-    return Pipeline([steps[name] for name in names])
+def _pipeline(by_name, *names):
+    return Pipeline([by_name[name] for name in names])
 
 
 def test_noise_before_clipping_is_refused_at_setup(tmp_path):
-    steps = _steps(tmp_path)
+    by_name = _steps(tmp_path)
     order = ("validate", "noise", "clip", "sum", "optimizer", "recorder", "ledger")
     with pytest.raises(PipelineError) as err:
-        _pipeline(steps, *order)
+        _pipeline(by_name, *order)
     message = str(err.value)
     assert "UserLevelNoise" in message and "ServerClip" in message
     assert "move UserLevelNoise after ServerClip" in message
 
 
 def test_noise_with_nothing_clipping_is_refused(tmp_path):
-    steps = _steps(tmp_path)
+    by_name = _steps(tmp_path)
     with pytest.raises(PipelineError, match="UserLevelNoise needs one of ServerClip, SecAggSum"):
-        _pipeline(steps, "validate", "sum", "noise", "optimizer", "recorder", "ledger")
+        _pipeline(by_name, "validate", "sum", "noise", "optimizer", "recorder", "ledger")
 
 
 @pytest.mark.parametrize(

@@ -9,42 +9,7 @@ import pytest
 from shared.data import (
     load_csv,
 )
-from tests.shared.data_golden import FIXTURES, assert_golden, write
-
-
-def test_load_csv_header_string_ids_and_dedupe() -> None:
-    data = load_csv(FIXTURES / "generic_with_header.csv")
-    assert_golden(
-        data,
-        user=[0, 0, 1, 2],
-        item=[1, 0, 0, 1],
-        timestamp=[100, 120, 50, 10],  # (alice, matrix) at 100 and 90 -> 100
-        raw_users=["alice", "bob", "carol"],
-        raw_items=["alien", "matrix"],
-    )
-    assert data.raw_user_ids.dtype.kind == "U"
-
-
-def test_load_csv_tsv_without_header_or_timestamp() -> None:
-    assert_golden(
-        load_csv(FIXTURES / "generic.tsv"),
-        user=[0, 1, 1],
-        item=[1, 0, 1],
-        timestamp=[0, 0, 0],
-        raw_users=[3, 5],
-        raw_items=[11, 12],
-    )
-
-
-def test_load_csv_semicolon_header_picks_columns_by_name() -> None:
-    assert_golden(
-        load_csv(FIXTURES / "generic_semicolon.csv"),
-        user=[0, 0, 1],
-        item=[0, 1, 0],
-        timestamp=[10, 20, 30],
-        raw_users=["u1", "u2"],
-        raw_items=["i1", "i2"],
-    )
+from tests.shared.data_golden import assert_golden, write
 
 
 @pytest.mark.parametrize(

@@ -8,19 +8,6 @@ import pytest
 from shared.data import (
     from_arrays,
 )
-from tests.shared.data_golden import assert_golden
-
-
-def test_from_arrays_remaps_sorts_and_dedupes() -> None:
-    data = from_arrays([30, 10, 30, 30], [5, 5, 6, 5], [7, 1, 3, 9])
-    assert_golden(
-        data,
-        user=[0, 1, 1],
-        item=[0, 1, 0],
-        timestamp=[1, 3, 9],
-        raw_users=[10, 30],
-        raw_items=[5, 6],
-    )
 
 
 def test_from_arrays_string_ids_and_defaults() -> None:

@@ -11,7 +11,6 @@ from shared.data import (
     DataFormatError,
     load_ml100k,
     load_ml_dat,
-    load_movielens_csv,
 )
 from tests.shared.data_golden import FIXTURES, ML100K_GOLDEN, assert_golden, write
 
@@ -23,48 +22,6 @@ def test_load_ml100k_golden(path: Path) -> None:
     data = load_ml100k(path)
     assert_golden(data, **ML100K_GOLDEN)
     assert data.raw_user_ids.dtype == np.int64
-
-
-def test_load_ml_dat_golden() -> None:
-    data = load_ml_dat(FIXTURES / "ml1m")
-    assert_golden(
-        data,
-        user=[0, 0, 1, 1],
-        item=[0, 1, 0, 1],
-        timestamp=[978300275, 978301968, 978300760, 978302109],  # duplicate kept the latest
-        raw_users=[2, 10],
-        raw_items=[1, 3],
-    )
-
-
-def test_load_movielens_csv_golden() -> None:
-    data = load_movielens_csv(FIXTURES / "mlcsv")
-    assert_golden(
-        data,
-        user=[0, 0, 1],
-        item=[1, 0, 0],
-        timestamp=[1147868817, 1147880044, 1147868828],
-        raw_users=[1, 2],
-        raw_items=[296, 306],
-    )
-
-
-def test_load_movielens_csv_reordered_and_extra_columns(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        "ratings.csv",
-        "\n\ntimestamp,rating,movieId,userId,tag\n5,1.0,30,7,x\n4,2.0,10,7,y\n\n9,3,10,8,z\n",
-    )
-    assert_golden(
-        load_movielens_csv(path),
-        user=[0, 0, 1],
-        item=[0, 1, 0],
-        timestamp=[4, 5, 9],
-        raw_users=[7, 8],
-        raw_items=[10, 30],
-    )
-    same_order = write(tmp_path, "r2.csv", "\ntimestamp,rating,movieId,userId\n5,1.0,30,7\n")
-    assert load_movielens_csv(same_order).timestamp.tolist() == [5]
 
 
 def test_whitespace_only_lines_bom_and_crlf_are_tolerated(tmp_path: Path) -> None:

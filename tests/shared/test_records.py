@@ -5,15 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.records import (
-    InteractionLevel,
-    LedgerEntry,
-    RoundRecord,
-    RunFileError,
-    UserLevel,
-    read_ledger,
-    read_rounds,
-)
+from shared import records
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DP_RUN = FIXTURES / "run-2026-12"  # dp-interaction + dp-user, the user-level cap stops round 3
@@ -27,24 +19,24 @@ def _lines(path):
 @pytest.mark.parametrize("run", [DP_RUN, SECAGG_RUN])
 def test_todays_rows_round_trip(run):
     for line in _lines(run / "metrics.jsonl"):
-        assert RoundRecord.from_json(json.loads(line)).to_json() == json.loads(line)
+        assert records.RoundRecord.from_json(json.loads(line)).to_json() == json.loads(line)
     for line in _lines(run / "privacy_ledger.jsonl"):
         # byte for byte: same keys, same order, same values
-        assert json.dumps(LedgerEntry.from_json(json.loads(line)).to_json()) == line
+        assert json.dumps(records.LedgerEntry.from_json(json.loads(line)).to_json()) == line
     if run is DP_RUN:  # the plaintext path writes metrics keys in the record's field order
         for line in _lines(run / "metrics.jsonl"):
-            assert json.dumps(RoundRecord.from_json(json.loads(line)).to_json()) == line
+            assert json.dumps(records.RoundRecord.from_json(json.loads(line)).to_json()) == line
 
 
 def test_fixture_values_read_typed():
-    rounds = read_rounds(DP_RUN)
+    rounds = records.read_rounds(DP_RUN)
     assert [r.round for r in rounds] == [1, 2, 3]
     assert rounds[0].fit_sampled == rounds[0].fit_replies == 20 and rounds[0].fit_rejected == 0
     assert rounds[0].hr10 == 0.2 and rounds[0].metric("full_hr10") == 0.15
     assert rounds[2].stopped.startswith("user-level epsilon cap 3.5 reached")
     assert rounds[2].fit_sampled == 0 and rounds[2].fit_replies is None
     assert rounds[2].model_sha256 == rounds[1].model_sha256  # a stopped round kept the model
-    ledger = [entry for _, entry in read_ledger(DP_RUN)]
+    ledger = [entry for _, entry in records.read_ledger(DP_RUN)]
     assert ledger[0].user_level.epsilon == 2.1657156590294435
     assert ledger[1].user_level.epsilon == ledger[2].user_level.epsilon == 3.188991562633588
     assert ledger[2].user_level.status == "stopped" and ledger[2].stopped == rounds[2].stopped
@@ -52,11 +44,11 @@ def test_fixture_values_read_typed():
     assert (inter.epsilon_max, inter.target_epsilon, inter.noise_multiplier) == (1.7, 4.0, None)
     assert ledger[0].secure_aggregation.enabled is False
     assert ledger[0].library_versions["opacus"] == "1.6.0"
-    secagg = [entry for _, entry in read_ledger(SECAGG_RUN)]
+    secagg = [entry for _, entry in records.read_ledger(SECAGG_RUN)]
     assert (
         secagg[0].secure_aggregation.survivors == 7 and secagg[0].interaction_level.enabled is False
     )
-    assert read_rounds(SECAGG_RUN)[0].secagg_active == {
+    assert records.read_rounds(SECAGG_RUN)[0].secagg_active == {
         "setup": 7,
         "share-keys": 7,
         "collect": 7,
@@ -66,17 +58,19 @@ def test_fixture_values_read_typed():
 
 def test_older_rows_load_and_unknown_keys_are_kept():
     old = {"round": 4, "fit_sampled": 3, "future_field": [1, 2]}
-    record = RoundRecord.from_json(old)
+    record = records.RoundRecord.from_json(old)
     assert record.fit_replies is None and record.extra == {"future_field": [1, 2]}
     assert record.to_json() == old
     # A bare stop marker (older writers) and a row from before SecAgg+ was recorded.
-    stop = LedgerEntry.from_json({"round": 2, "stopped": "cap"})
+    stop = records.LedgerEntry.from_json({"round": 2, "stopped": "cap"})
     assert not stop.interaction_level.enabled and not stop.user_level.enabled
     assert stop.to_json() == {"round": 2, "stopped": "cap"}
     row = {"round": 1, "interaction_level": {"enabled": False}, "user_level": {"enabled": True}}
-    entry = LedgerEntry.from_json(row | {"user_level": {"enabled": True, "epsilon": 1.5, "x": 1}})
-    assert entry.user_level == UserLevel(enabled=True, epsilon=1.5, extra={"x": 1})
-    assert entry.interaction_level == InteractionLevel(enabled=False)
+    entry = records.LedgerEntry.from_json(
+        row | {"user_level": {"enabled": True, "epsilon": 1.5, "x": 1}}
+    )
+    assert entry.user_level == records.UserLevel(enabled=True, epsilon=1.5, extra={"x": 1})
+    assert entry.interaction_level == records.InteractionLevel(enabled=False)
     assert "secure_aggregation" not in entry.to_json()
 
 
@@ -91,8 +85,8 @@ def test_older_rows_load_and_unknown_keys_are_kept():
 )
 def test_bad_metrics_rows_name_file_and_line(tmp_path, line, message):
     (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n\n' + line + "\n")
-    with pytest.raises(RunFileError, match=message) as err:
-        read_rounds(tmp_path)
+    with pytest.raises(records.RunFileError, match=message) as err:
+        records.read_rounds(tmp_path)
     assert f"{tmp_path / 'metrics.jsonl'}:3" in str(err.value)
 
 
@@ -115,12 +109,14 @@ def test_bad_metrics_rows_name_file_and_line(tmp_path, line, message):
 )
 def test_bad_ledger_rows_name_file_and_line(tmp_path, row, message):
     (tmp_path / "privacy_ledger.jsonl").write_text(json.dumps(row) + "\n")
-    with pytest.raises(RunFileError, match=message) as err:
-        read_ledger(tmp_path)
+    with pytest.raises(records.RunFileError, match=message) as err:
+        records.read_ledger(tmp_path)
     assert "privacy_ledger.jsonl:1" in str(err.value)
 
 
 def test_missing_files(tmp_path):
-    with pytest.raises(RunFileError, match="not found"):
-        read_rounds(tmp_path)
-    assert read_rounds(tmp_path, required=False) == [] and read_ledger(tmp_path) == []
+    with pytest.raises(records.RunFileError, match="not found"):
+        records.read_rounds(tmp_path)
+    assert (
+        records.read_rounds(tmp_path, required=False) == [] and records.read_ledger(tmp_path) == []
+    )

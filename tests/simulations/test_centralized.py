@@ -8,16 +8,15 @@ from simulations.cli import main
 from tests.conftest import small_config
 
 
+def learnable_config(out_dir, **changes):
+    """A small MF run that learns in 6 centralized epochs (also the refit probe's trained run)."""
+    values = dict(synthetic_users=150, synthetic_items=300, model="mf", centralized_epochs=6)
+    values |= dict(eval_every=3, centralized_learning_rate=0.01, out_dir=str(out_dir))
+    return small_config(**(values | changes))
+
+
 def test_centralized_writes_run_directory_and_learns(tmp_path):
-    config = small_config(
-        synthetic_users=150,
-        synthetic_items=300,
-        model="mf",
-        centralized_epochs=6,
-        eval_every=3,
-        centralized_learning_rate=0.01,
-        out_dir=str(tmp_path / "run"),
-    )
+    config = learnable_config(tmp_path / "run")
     run_dir = run_centralized(config, echo=lambda _: None)
     files = {p.name for p in run_dir.path.iterdir()}
     assert {"config.json", "metrics.jsonl", "global_model.npz", "metrics.png"} <= files

@@ -7,19 +7,11 @@ import numpy as np
 from shared.models import build_model, global_arrays, global_names
 from simulations.centralized import run_centralized
 from simulations.research.refit_probe import main
-from tests.conftest import small_config
+from tests.simulations.test_centralized import learnable_config
 
 
 def test_trained_item_model_beats_untrained_after_refit(tmp_path, capsys):
-    config = small_config(
-        synthetic_users=150,
-        synthetic_items=300,
-        model="mf",
-        centralized_epochs=6,
-        eval_every=6,
-        centralized_learning_rate=0.01,
-        out_dir=str(tmp_path / "trained"),
-    )
+    config = learnable_config(tmp_path / "trained", eval_every=6)
     trained = run_centralized(config, echo=lambda _: None).path
     untrained = tmp_path / "untrained"
     untrained.mkdir()
