@@ -1,6 +1,7 @@
 """The device SDK, and the deployed ClientApp reading from and writing to the device store."""
 
 import json
+import logging
 import math
 import os
 import secrets
@@ -93,7 +94,7 @@ def test_recommend_needs_a_model_then_ranks_unseen_items_with_cold_start(device)
     assert device.last_fit and top[0].item not in {r.item for r in again}
 
 
-def test_training_data_is_leave_one_out_over_the_device(device):
+def test_training_data_is_leave_one_out_over_the_device(device, caplog):
     for item, t in [(7, 5.0), (3, 1.0), (7, 9.0), (12, 8.0), (5, 9.0)]:
         device.record(item, timestamp=t)
     data = device.training_data(NUM_ITEMS, eval_negatives=20)
@@ -104,8 +105,11 @@ def test_training_data_is_leave_one_out_over_the_device(device):
     np.testing.assert_array_equal(
         device.training_data(NUM_ITEMS, 20).eval_negatives, data.eval_negatives
     )  # fixed per device
-    with pytest.raises(ValueError, match="outside the catalogue of 10 items"):
-        device.training_data(10, 5)
+    # Items outside the catalogue (recorded before it was known) are left out, with a warning.
+    with caplog.at_level(logging.WARNING, logger="client.device"):
+        small = device.training_data(10, 5)
+    assert small.test_item == 7 and list(small.train_items) == [3, 5]
+    assert "outside the catalogue of 10 items" in caplog.text and "record ids 4" in caplog.text
 
 
 def test_key_sources_are_checked(tmp_path):
@@ -196,7 +200,7 @@ def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_pat
         assert len(device.recommend(5)) == 5
 
     with Device.open(store, key) as device:
-        device.forget()
+        device.forget(device.device_id)
         device.record(5, timestamp=1.0)
         device.record(6, timestamp=2.0)
     state_run = StoreRun.open(config, node_config, run_id=3)

@@ -57,7 +57,7 @@ def test_round_trip(agent, tmp_path):
     assert budget.epsilon == 0.0 and budget.steps == 0 and budget.cap is None
     assert budget.unit == "one interaction of this device" and budget.delta == 1e-5
 
-    client.forget(confirm=True)
+    client.forget(status["device_id"])
     assert client.status()["interactions"] == 0 and not client.status()["has_global_model"]
 
 
@@ -71,8 +71,9 @@ def test_bad_arguments_get_status_codes_with_clear_messages(agent):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "rating must be a finite" in details
     code, details = _code(lambda: client.recommend(0))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "k must be a positive integer" in details
-    code, details = _code(lambda: client.forget(confirm=False))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "confirm=true" in details
+    for wrong in ("", "no", "true"):
+        code, details = _code(lambda w=wrong: client.forget(w))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "send this device's id" in details
     assert client.status()["has_global_model"]  # the refused forget changed nothing
 
 

@@ -168,7 +168,7 @@ def test_forget_leaves_nothing(tmp_path, key):
         blobs += [bytes(r[0]) for r in db.execute("SELECT ciphertext FROM state")]
         blobs += [bytes(r[0]) for r in db.execute("SELECT nonce FROM state")]
     assert all(blob in path.read_bytes() for blob in blobs)
-    device.forget()
+    device.forget(device.device_id)
     assert device.interactions() == [] and device.store.names() == []
     assert device.private_embedding() is None and device.privacy_history() == PrivacyHistory()
     assert device.privacy_budget().epsilon == 0.0 and device.global_model() is None
@@ -189,7 +189,7 @@ def test_records_copied_back_after_forget_do_not_authenticate(tmp_path, key):
     device = _filled(path, key)
     with sqlite3.connect(path) as db:
         old = db.execute("SELECT id, nonce, ciphertext FROM interactions").fetchall()
-    device.forget()
+    device.forget(device.device_id)
     device.close()
     with sqlite3.connect(path) as db:
         db.executemany("INSERT INTO interactions VALUES (?, ?, ?)", old)
