@@ -56,6 +56,7 @@ COLD_START_EPOCHS = 20  # local passes when personalize-epochs is 0
 POLICY = "device-policy"  # the SuperNode's own cap and δ, recorded by the deployed ClientApp
 UNIT = "one interaction of this device"
 FUTURE_SLACK = 86_400.0  # seconds a timestamp may lie ahead of the device's clock (one day)
+MILLISECONDS_FROM = 1e11  # as seconds: the year 5138; as milliseconds: 1973 (Date.now() is ~1.8e12)
 LOG = logging.getLogger(__name__)
 
 
@@ -411,7 +412,7 @@ def check_timestamp(timestamp: object, now: float) -> None:
         raise ValueError(
             f"timestamp {timestamp!r} is before 1970: send seconds since the epoch (UTC)"
         )
-    if timestamp > latest and timestamp / 1000 <= latest:
+    if timestamp > latest and MILLISECONDS_FROM <= timestamp <= latest * 1000:
         raise ValueError(
             f"timestamp {timestamp!r} looks like milliseconds (e.g. JavaScript's Date.now()): "
             "send seconds since the epoch, e.g. Date.now() / 1000"

@@ -92,9 +92,7 @@ class DeviceAgentService(pb_grpc.DeviceAgentServicer):
                 rating=request.rating if request.HasField("rating") else None,
                 timestamp=request.timestamp if request.HasField("timestamp") else None,
             )
-            return pb.RecordReply(
-                record_id=record_id, interactions=device.store.count_interactions()
-            )
+            return pb.RecordReply(record_id=record_id, interactions=len(device.interactions()))
 
         return self._call(context, record)
 
@@ -119,7 +117,7 @@ class DeviceAgentService(pb_grpc.DeviceAgentServicer):
     def DeleteInteraction(self, request, context) -> pb.DeleteInteractionReply:  # noqa: N802
         def delete(device: Device) -> pb.DeleteInteractionReply:
             device.delete_interaction(request.record_id)
-            return pb.DeleteInteractionReply(interactions=device.store.count_interactions())
+            return pb.DeleteInteractionReply(interactions=len(device.interactions()))
 
         return self._call(context, delete)
 

@@ -120,6 +120,13 @@ class EncryptedStore:
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._connect()
+        with _sqlite_errors():
+            self._check_structure("quick_check")
+            self._open_meta()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _connect(self) -> None:
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self._db.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed
@@ -127,15 +134,12 @@ class EncryptedStore:
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is not a Confide store (SQLite said: {err})") from None
-        with _sqlite_errors():
-            self._check_structure("quick_check")
-            self._open_meta()
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def _open_meta(self) -> None:
+    def _open_meta(self, device_id: str | None = None) -> None:
+        """Read the header; an empty store gets one (``device_id``: keep that id, else new)."""
         meta = dict(self._db.execute("SELECT name, value FROM meta"))
         if not meta:
-            device_id = secrets.token_hex(16)
+            device_id = device_id or secrets.token_hex(16)
             nonce = secrets.token_bytes(NONCE_BYTES)
             check = self._aead.encrypt(nonce, _KEY_CHECK, _check_aad(device_id))
             meta = {
@@ -163,7 +167,9 @@ class EncryptedStore:
         with self._lock:
             rows = [r[0] for r in self._db.execute(f"PRAGMA {pragma}")]
         if rows != ["ok"]:
-            raise CorruptStoreError(f"SQLite {pragma}: {'; '.join(rows[:3])}")
+            lines = "\n".join(map(str, rows)).splitlines()
+            more = f" and {len(lines) - 3} more" if len(lines) > 3 else ""
+            raise CorruptStoreError(f"SQLite {pragma}: {'; '.join(lines[:3])}{more}")
 
     def close(self) -> None:
         with self._lock:
@@ -196,6 +202,9 @@ class EncryptedStore:
         return nonce, self._aead.encrypt(nonce, plain, self._aad(table, record))
 
     def _open(self, table: str, record: str, nonce: bytes, ciphertext: bytes) -> bytes:
+        if not isinstance(nonce, bytes) or not isinstance(ciphertext, bytes):
+            # NULLs or numbers where only blobs are written: rows read from a damaged page
+            raise CorruptStoreError(f"record {table}/{record} is not a stored record")
         try:
             return self._aead.decrypt(bytes(nonce), bytes(ciphertext), self._aad(table, record))
         except InvalidTag:
@@ -292,8 +301,16 @@ class EncryptedStore:
         """Delete every interaction and every state record, and start a new generation.
 
         ``secure_delete`` zeroes the freed pages and VACUUM rebuilds the file without them, so
-        no ciphertext of the old records remains in it; the id counter is reset too.
+        no ciphertext of the old records remains in it; the id counter is reset too. A file whose
+        SQLite structure is damaged cannot be emptied record by record: it is overwritten with
+        zeros and started again, empty, under the same device id.
         """
+        try:
+            self._delete_everything()
+        except CorruptStoreError:
+            self._recreate()
+
+    def _delete_everything(self) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM interactions")
             db.execute("DELETE FROM state")
@@ -302,3 +319,18 @@ class EncryptedStore:
             db.execute("UPDATE meta SET value = ? WHERE name = 'generation'", (self._generation,))
         with self._read() as db:
             db.execute("VACUUM")
+
+    def _recreate(self) -> None:
+        with self._lock:
+            self._db.close()
+            size = self.path.stat().st_size
+            with open(self.path, "r+b") as file:
+                file.write(bytes(size))
+                file.flush()
+                os.fsync(file.fileno())
+                file.truncate(0)
+            journal = self.path.with_name(self.path.name + "-journal")
+            journal.unlink(missing_ok=True)  # a hot journal would roll the old pages back in
+            self._connect()
+            with _sqlite_errors():
+                self._open_meta(self.device_id)
