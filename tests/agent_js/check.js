@@ -4,13 +4,15 @@
 // an app makes, including the mistakes the issue found, and prints every reply and status code
 // as one JSON object for tests/client/test_agent_js.py to check.
 //
-//   node tests/agent_js/check.js unix:/path/agent.sock client/proto/device.proto
+//   node tests/agent_js/check.js unix:/path/agent.sock client/proto/device.proto [damaged]
+//
+// "damaged": the store's SQLite structure was damaged under the agent; what does the app see?
 
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const loader = require('@grpc/proto-loader');
 
-const [address, deviceProto] = process.argv.slice(2);
+const [address, deviceProto, mode] = process.argv.slice(2);
 const options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
 const load = (file) => grpc.loadPackageDefinition(loader.loadSync(file, options));
 const device = load(deviceProto).confide.device.v1;
@@ -53,7 +55,22 @@ async function main() {
   checks.close();
 }
 
-main().catch((err) => {
+async function damaged() {
+  const out = {};
+  out.status = await call(agent, 'GetStatus', {});
+  out.verify = await call(agent, 'Verify', {});
+  out.health = await call(checks, 'Check', { service: '' });
+  out.forget_typo = await call(agent, 'Forget', { device_id: 'yes' });
+  out.device_id = process.env.CONFIDE_DEVICE_ID;
+  out.forget = await call(agent, 'Forget', { device_id: out.device_id });
+  out.after = await call(agent, 'GetStatus', {});
+  out.health_after = await call(checks, 'Check', { service: '' });
+  process.stdout.write(JSON.stringify(out) + '\n');
+  agent.close();
+  checks.close();
+}
+
+(mode === 'damaged' ? damaged() : main()).catch((err) => {
   console.error(err);
   process.exit(1);
 });

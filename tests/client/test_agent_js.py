@@ -17,7 +17,9 @@ import time
 import pytest
 
 from client.device import Device
+from client.service import AgentClient
 from shared.models import build_model, global_arrays
+from tests.client.test_store import damage_page_header
 from tests.conftest import ROOT, small_config
 
 NODE = shutil.which("node")
@@ -31,7 +33,10 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def agent_address(tmp_path):
-    """A real agent process over a store with a global model; yields its Unix socket address."""
+    """A real agent process over a store with a global model; yields its Unix socket address.
+
+    The store is at ``tmp_path / "data" / "device.db"``.
+    """
     key_file, store = tmp_path / "keys" / "k", tmp_path / "data" / "device.db"
     key_file.parent.mkdir()
     key = secrets.token_bytes(32)
@@ -61,14 +66,26 @@ def agent_address(tmp_path):
             agent.wait()
 
 
-def test_a_nodejs_client_built_from_the_proto(agent_address):
+def _node(address: str, *mode: str, env: dict[str, str] | None = None) -> dict:
+    """Run the JS client against the agent; its replies and status codes, by step."""
     assert (JS / "node_modules" / "@grpc" / "grpc-js").is_dir(), (
         "the JS client's packages are missing: npm ci --prefix tests/agent_js"
     )
-    script = [NODE, str(JS / "check.js"), agent_address, str(ROOT / "client/proto/device.proto")]
-    done = subprocess.run(script, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    script = [NODE, str(JS / "check.js"), address, str(ROOT / "client/proto/device.proto"), *mode]
+    done = subprocess.run(
+        script,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_a_nodejs_client_built_from_the_proto(agent_address):
+    out = _node(agent_address)
 
     assert out["health"] == {"code": "OK", "reply": {"status": "SERVING"}}
     status = out["status"]["reply"]
@@ -100,3 +117,24 @@ def test_a_nodejs_client_built_from_the_proto(agent_address):
     after = out["after"]["reply"]
     assert after["device_id"] == device_id and after["interactions"] == "0"
     assert not after["has_global_model"]
+
+
+def test_a_nodejs_client_sees_structural_damage_as_data_loss(agent_address, tmp_path):
+    """One header of SQLite's own (not a record) changed under the running agent."""
+    store = tmp_path / "data" / "device.db"
+    status = _node(agent_address)["status"]["reply"]  # fills the store, then forgets
+    with AgentClient(agent_address) as client:
+        for t in range(3):
+            client.record(t, timestamp=float(t))
+    damage_page_header(store)
+    out = _node(agent_address, "damaged", env={"CONFIDE_DEVICE_ID": status["device_id"]})
+    for step in ("status", "verify"):
+        assert out[step]["code"] == "DATA_LOSS", out[step]
+        assert "the store file is damaged" in out[step]["details"]
+        assert str(store) not in out[step]["details"]
+    assert out["health"]["reply"]["status"] == "NOT_SERVING"
+    assert out["forget_typo"]["code"] == "INVALID_ARGUMENT"
+    assert out["forget"]["code"] == "OK"  # the way out: the file starts again, same device id
+    after = out["after"]["reply"]
+    assert after["interactions"] == "0" and after["device_id"] == status["device_id"]
+    assert out["health_after"]["reply"]["status"] == "SERVING"
