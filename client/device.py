@@ -189,9 +189,8 @@ class Device:
         Two caps may apply: the device's own (its SuperNode's node config, which the deployed
         ClientApp records here; :mod:`client.policy`) and the run's (``dp-epsilon-cap``). The one
         that binds is the one with less ε left, each at its own δ (with equal δs: the smaller
-        cap); ε is reported at that cap's δ. Without a cap, ε is at the device's δ if it set one,
-        else at the run's. ε is infinite once the device trained a round without DP: no finite
-        ε covers it.
+        cap); ε is reported at that cap's δ, and without a cap at the run's δ. ε is infinite once
+        the device trained a round without DP: no finite ε covers it.
         """
         config, policy, history = self.run_config(), self.device_policy(), self.privacy_history()
         accountant = config.dp_accountant if config else None
@@ -211,9 +210,7 @@ class Device:
             source, cap, delta = min(limits, key=lambda lim: lim[1] - spent(lim[2]))
         else:
             source, cap = None, None
-            delta = (
-                policy.delta if self.store.get(POLICY) else (config.dp_delta if config else None)
-            )
+            delta = config.dp_delta if config else None
         return PrivacyBudget(
             epsilon=0.0 if delta is None else spent(delta),
             cap=cap,

@@ -56,11 +56,8 @@ class DeviceAgentService(pb_grpc.DeviceAgentServicer):
         self._serving(device is not None)
 
     def _serving(self, ok: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if ok
-            else (health_pb2.HealthCheckResponse.NOT_SERVING)
-        )
+        response = health_pb2.HealthCheckResponse
+        status = response.SERVING if ok else response.NOT_SERVING
         for name in ("", SERVICE):
             self.health.set(name, status)
 
