@@ -3,14 +3,22 @@
     with Device.open("confide.db", key) as device:      # key: 32 bytes from the OS keystore
         device.record(item=42, rating=4.0)
         device.recommend(k=10)                           # [Recommendation(item, score), ...]
-        device.privacy_budget()                          # ε spent, cap, unit
-        device.forget()                                  # deletes everything of this user
+        device.privacy_budget()                          # ε spent, the cap that binds, unit
+        device.delete_interaction(record_id)             # one interaction
+        device.forget(device.device_id)                  # deletes everything of this user
 
-Items are catalogue indices ``0..num_items-1`` (the catalogue is public; the interactions are
-not). The store also keeps what the deployed ClientApp needs between runs: the private embedding,
-the DP accountant, the latest global model and the run config it belongs to, and a random secret
-from which the device's seeds are derived (so its noise and negatives are neither predictable by
-the server nor repeated across runs).
+Items are catalogue indices ``0..num_items-1``: an item outside a known catalogue is refused;
+before the catalogue is known (no run yet, no ``num_items`` at open) any index >= 0 is kept, and
+training leaves out the ones the catalogue turns out not to hold (with a warning), so a stray id
+never blocks a device. Timestamps are seconds since the epoch, from 0 to one day ahead of the
+device's clock: a value that reads as milliseconds (JavaScript's ``Date.now()``) is refused, since
+as the latest interaction it would be the held-out item for good.
+
+The catalogue is public; the interactions are not. The store also keeps what the deployed
+ClientApp needs between runs: the private embedding, the DP accountant, the latest global model
+and the run config it belongs to, the device's own privacy policy, and a random secret from which
+the device's seeds are derived (so its noise and negatives are neither predictable by the server
+nor repeated across runs).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import secrets
@@ -28,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from client.policy import DevicePolicy
 from client.store import EncryptedStore, Interaction
 from client.training_round import LOCAL_USER, device_model, personalize
 from shared.config import RunConfig
@@ -43,7 +53,11 @@ SECRET = "secret"
 SERVING = "serving-embedding"  # re-fitted for recommending only; never used for training
 UNPROTECTED = "unprotected-rounds"  # rounds this device trained without interaction-level DP
 COLD_START_EPOCHS = 20  # local passes when personalize-epochs is 0
+POLICY = "device-policy"  # the SuperNode's own cap and δ, recorded by the deployed ClientApp
 UNIT = "one interaction of this device"
+FUTURE_SLACK = 86_400.0  # seconds a timestamp may lie ahead of the device's clock (one day)
+MILLISECONDS_FROM = 1e11  # as seconds: the year 5138; as milliseconds: 1973 (Date.now() is ~1.8e12)
+LOG = logging.getLogger(__name__)
 
 
 class ModelNotReady(RuntimeError):
@@ -60,12 +74,13 @@ class Recommendation:
 class PrivacyBudget:
     """Interaction-level DP spent by this device over every run it took part in."""
 
-    epsilon: float
-    cap: float | None  # the device declines to train once a round would pass it
+    epsilon: float  # at ``delta``: the binding cap's δ where a cap is set
+    cap: float | None  # the binding cap: the device declines to train once a round would pass it
     delta: float | None
     unit: str
     accountant: str | None
     steps: int
+    cap_source: str | None = None  # "device" (its node config) or "run" (the server's config)
 
     @property
     def remaining(self) -> float | None:
@@ -126,15 +141,24 @@ class Device:
             raise ValueError(f"item {item} is outside the catalogue: use an index in {bound}")
         if rating is not None and not _finite(rating):
             raise ValueError(f"rating must be a finite number or None, got {rating!r}")
-        timestamp = time.time() if timestamp is None else timestamp
-        if not _finite(timestamp):
-            raise ValueError(f"timestamp must be finite seconds since the epoch, got {timestamp!r}")
+        now = time.time()
+        timestamp = now if timestamp is None else timestamp
+        check_timestamp(timestamp, now)
         return self.store.add_interaction(
             int(item), float(timestamp), None if rating is None else float(rating)
         )
 
     def interactions(self) -> list[Interaction]:
         return self.store.interactions()
+
+    def delete_interaction(self, record_id: int) -> Interaction:
+        """Delete one interaction by its record id (see :meth:`interactions`); returns it.
+
+        Raises :class:`client.store.NoSuchRecordError` when there is none with that id.
+        """
+        if isinstance(record_id, bool) or not isinstance(record_id, int | np.integer):
+            raise ValueError(f"record_id must be an integer, got {record_id!r}")
+        return self.store.delete_interaction(int(record_id))
 
     def recommend(self, k: int = 10) -> list[Recommendation]:
         """The k best items this device has not interacted with, best first.
@@ -160,36 +184,91 @@ class Device:
         return [Recommendation(i, float(scores[i])) for i in top]
 
     def privacy_budget(self) -> PrivacyBudget:
-        """ε is infinite once the device trained a round without DP: no finite ε covers it."""
-        config = self.run_config()
-        history = self.privacy_history()
-        if config is None:
-            return PrivacyBudget(0.0, None, None, UNIT, None, 0)
-        epsilon = history.epsilon(config.dp_delta, config.dp_accountant)
+        """ε spent, against the cap that binds.
+
+        Two caps may apply: the device's own (its SuperNode's node config, which the deployed
+        ClientApp records here; :mod:`client.policy`) and the run's (``dp-epsilon-cap``). The one
+        that binds is the one with less ε left, each at its own δ (with equal δs: the smaller
+        cap); ε is reported at that cap's δ, and without a cap at the run's δ. ε is infinite once
+        the device trained a round without DP: no finite ε covers it.
+        """
+        config, policy, history = self.run_config(), self.device_policy(), self.privacy_history()
+        accountant = config.dp_accountant if config else None
+        limits = []  # (source, cap, δ)
+        if policy.epsilon_cap:
+            limits.append(("device", policy.epsilon_cap, policy.delta))
+        if config and config.dp_epsilon_cap:
+            limits.append(("run", config.dp_epsilon_cap, config.dp_delta))
+        unprotected = self.store.get(UNPROTECTED) is not None
+
+        def spent(delta: float) -> float:
+            if unprotected:
+                return math.inf
+            return history.epsilon(delta, accountant) if history.steps and accountant else 0.0
+
+        if limits:
+            source, cap, delta = min(limits, key=lambda lim: lim[1] - spent(lim[2]))
+        else:
+            source, cap = None, None
+            delta = config.dp_delta if config else None
         return PrivacyBudget(
-            epsilon=math.inf if self.store.get(UNPROTECTED) is not None else epsilon,
-            cap=config.dp_epsilon_cap or None,
-            delta=config.dp_delta,
+            epsilon=0.0 if delta is None else spent(delta),
+            cap=cap,
+            delta=delta,
             unit=UNIT,
-            accountant=config.dp_accountant,
+            accountant=accountant,
             steps=history.steps,
+            cap_source=source,
         )
 
-    def forget(self) -> None:
-        """Delete every interaction, the private embeddings, the accountant and the model."""
+    def device_policy(self) -> DevicePolicy:
+        """The device's own cap and δ as its node config last set them (none: no cap)."""
+        data = self.store.get(POLICY)
+        if data is None:
+            return DevicePolicy()
+        saved = json.loads(data)
+        return DevicePolicy(epsilon_cap=float(saved["epsilon-cap"]), delta=float(saved["delta"]))
+
+    def save_policy(self, policy: DevicePolicy) -> None:
+        """Record the node config's cap and δ, so the SDK and the agent can report them."""
+        if not policy.epsilon_cap:
+            self.store.delete(POLICY)
+            return
+        saved = {"epsilon-cap": policy.epsilon_cap, "delta": policy.delta}
+        self.store.put(POLICY, json.dumps(saved).encode())
+
+    def forget(self, confirm: str) -> None:
+        """Delete every interaction, the private embeddings, the accountant and the model.
+
+        ``confirm`` must be this device's id (:attr:`device_id`): nothing a client sends by
+        accident (a stray ``true``, a typo) can wipe the store.
+        """
+        if not isinstance(confirm, str) or confirm != self.device_id:
+            raise ValueError(
+                "Forget deletes every interaction, embedding and the accountant for good: to "
+                "confirm, send this device's id (device_id, from Status) as the confirmation"
+            )
         self.store.forget()
 
     def status(self) -> dict[str, object]:
         config = self.run_config()
         names = set(self.store.names())
+        interactions = self.interactions()  # authenticated: a damaged store is not counted
+        budget = self.privacy_budget()
+        num_items = self.num_items or 0
         return {
             "device_id": self.device_id,
-            "interactions": self.store.count_interactions(),
-            "num_items": self.num_items or 0,
+            "interactions": len(interactions),
+            "num_items": num_items,
             "model": config.model if config else "",
             "has_global_model": GLOBAL in names,
             "has_private_embedding": PRIVATE in names,
-            "epsilon": self.privacy_budget().epsilon,
+            "epsilon": budget.epsilon,
+            "epsilon_cap": budget.cap,
+            "epsilon_remaining": budget.remaining,
+            "delta": budget.delta,
+            "cap_source": budget.cap_source or "",
+            "outside_catalogue": sum(1 for i in interactions if num_items and i.item >= num_items),
         }
 
     # -- state the deployed ClientApp keeps here -------------------------------------------
@@ -246,14 +325,22 @@ class Device:
         largest item id), and the evaluation negatives are items never seen, fixed per device.
         """
         latest: dict[int, float] = {}
+        outside = []
         for interaction in self.interactions():
             if interaction.item >= num_items:
-                raise ValueError(
-                    f"item {interaction.item} on this device is outside the catalogue of "
-                    f"{num_items} items (num-items): the catalogue and the device disagree"
-                )
+                outside.append(interaction.record_id)
+                continue
             latest[interaction.item] = max(
                 latest.get(interaction.item, -math.inf), interaction.timestamp
+            )
+        if outside:
+            LOG.warning(
+                "%d interaction(s) on this device name items outside the catalogue of %d items "
+                "(recorded before the catalogue was known) and are left out of training; "
+                "delete them with DeleteInteraction (record ids %s)",
+                len(outside),
+                num_items,
+                ", ".join(map(str, outside[:10])),
             )
         if len(latest) < 2:
             raise ValueError(
@@ -311,6 +398,27 @@ class Device:
         self.store.put(SERVING, arrays_to_bytes({**fitted, "fingerprint": tag}))
         self.last_fit = True
         return fitted
+
+
+def check_timestamp(timestamp: object, now: float) -> None:
+    """Seconds since the epoch, from 0 to one day past ``now``; milliseconds are named as such."""
+    if not _finite(timestamp):
+        raise ValueError(f"timestamp must be finite seconds since the epoch, got {timestamp!r}")
+    latest = now + FUTURE_SLACK
+    if timestamp < 0:
+        raise ValueError(
+            f"timestamp {timestamp!r} is before 1970: send seconds since the epoch (UTC)"
+        )
+    if timestamp > latest and MILLISECONDS_FROM <= timestamp <= latest * 1000:
+        raise ValueError(
+            f"timestamp {timestamp!r} looks like milliseconds (e.g. JavaScript's Date.now()): "
+            "send seconds since the epoch, e.g. Date.now() / 1000"
+        )
+    if timestamp > latest:
+        raise ValueError(
+            f"timestamp {timestamp!r} is more than a day in the future of this device's clock: "
+            "send seconds since the epoch (UTC), or leave it out for now"
+        )
 
 
 def _finite(value: object) -> bool:

@@ -21,65 +21,116 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from client.device import Device, ModelNotReady, PrivacyBudget, Recommendation
 from client.proto import device_pb2 as pb
 from client.proto import device_pb2_grpc as pb_grpc
-from client.store import StoreError, TamperedError
+from client.store import (
+    CorruptStoreError,
+    Interaction,
+    NoSuchRecordError,
+    StoreError,
+    TamperedError,
+)
 from client.store_adapter import read_key_file
 
 T = TypeVar("T")
+SERVICE = "confide.device.v1.DeviceAgent"  # its name for the health service
 
 
 class DeviceAgentService(pb_grpc.DeviceAgentServicer):
-    """Maps the SDK's errors to status codes; one call at a time (the store is one file)."""
+    """Maps the SDK's errors to status codes; one call at a time (the store is one file).
 
-    def __init__(self, device: Device) -> None:
+    ``device`` is None when the store could not be opened because it is damaged: every call then
+    answers DATA_LOSS with ``damage``, so a host app learns why instead of finding no agent.
+    """
+
+    def __init__(
+        self, device: Device | None, health: health.HealthServicer, damage: str = ""
+    ) -> None:
         self.device = device
+        self.health = health
+        self.damage = damage
         self.lock = threading.Lock()
+        self._serving(device is not None)
 
-    def _call(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
+    def _serving(self, ok: bool) -> None:
+        response = health_pb2.HealthCheckResponse
+        status = response.SERVING if ok else response.NOT_SERVING
+        for name in ("", SERVICE):
+            self.health.set(name, status)
+
+    def _call(self, context: grpc.ServicerContext, fn: Callable[[Device], T]) -> T:
+        if self.device is None:
+            context.abort(grpc.StatusCode.DATA_LOSS, self.damage)
         try:
             with self.lock:
-                return fn()
+                return fn(self.device)
+        except NoSuchRecordError as err:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(err))
         except ValueError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         except ModelNotReady as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
-        except TamperedError as err:
+        except TamperedError as err:  # CorruptStoreError too: the file's own structure
+            self._serving(False)
             context.abort(grpc.StatusCode.DATA_LOSS, str(err))
         except StoreError as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
         raise AssertionError("unreachable: abort raises")
 
     def Record(self, request: pb.RecordRequest, context) -> pb.RecordReply:  # noqa: N802
-        def record() -> pb.RecordReply:
+        def record(device: Device) -> pb.RecordReply:
             if not request.HasField("item"):
                 raise ValueError("item is required: the catalogue index of the item")
-            record_id = self.device.record(
+            record_id = device.record(
                 request.item,
                 rating=request.rating if request.HasField("rating") else None,
                 timestamp=request.timestamp if request.HasField("timestamp") else None,
             )
-            return pb.RecordReply(
-                record_id=record_id, interactions=self.device.store.count_interactions()
-            )
+            return pb.RecordReply(record_id=record_id, interactions=len(device.interactions()))
 
         return self._call(context, record)
 
+    def ListInteractions(self, request, context) -> pb.ListInteractionsReply:  # noqa: N802
+        def listing(device: Device) -> pb.ListInteractionsReply:
+            num_items = device.num_items or 0
+            return pb.ListInteractionsReply(
+                interactions=[
+                    pb.Interaction(
+                        record_id=i.record_id,
+                        item=i.item,
+                        timestamp=i.timestamp,
+                        rating=i.rating,
+                        outside_catalogue=bool(num_items) and i.item >= num_items,
+                    )
+                    for i in device.interactions()
+                ]
+            )
+
+        return self._call(context, listing)
+
+    def DeleteInteraction(self, request, context) -> pb.DeleteInteractionReply:  # noqa: N802
+        def delete(device: Device) -> pb.DeleteInteractionReply:
+            device.delete_interaction(request.record_id)
+            return pb.DeleteInteractionReply(interactions=len(device.interactions()))
+
+        return self._call(context, delete)
+
     def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendReply:  # noqa: N802
-        def recommend() -> pb.RecommendReply:
-            items = self.device.recommend(request.k)
+        def recommend(device: Device) -> pb.RecommendReply:
+            items = device.recommend(request.k)
             return pb.RecommendReply(
                 items=[pb.Recommendation(item=r.item, score=r.score) for r in items],
-                refitted=self.device.last_fit,
+                refitted=device.last_fit,
             )
 
         return self._call(context, recommend)
 
     def GetPrivacyBudget(self, request, context) -> pb.PrivacyBudget:  # noqa: N802
-        def budget() -> pb.PrivacyBudget:
-            b = self.device.privacy_budget()
+        def budget(device: Device) -> pb.PrivacyBudget:
+            b = device.privacy_budget()
             return pb.PrivacyBudget(
                 epsilon=b.epsilon,
                 cap=b.cap,
@@ -87,24 +138,30 @@ class DeviceAgentService(pb_grpc.DeviceAgentServicer):
                 unit=b.unit,
                 accountant=b.accountant or "",
                 steps=b.steps,
+                remaining=b.remaining,
+                cap_source=b.cap_source or "",
             )
 
         return self._call(context, budget)
 
     def Forget(self, request: pb.ForgetRequest, context) -> pb.ForgetReply:  # noqa: N802
-        def forget() -> pb.ForgetReply:
-            if not request.confirm:
-                raise ValueError(
-                    "forget deletes every interaction, embedding and the accountant for good: "
-                    "send confirm=true to do it"
-                )
-            self.device.forget()
+        def forget(device: Device) -> pb.ForgetReply:
+            device.forget(request.device_id)
+            self._serving(True)
             return pb.ForgetReply()
 
         return self._call(context, forget)
 
     def GetStatus(self, request, context) -> pb.Status:  # noqa: N802
-        return self._call(context, lambda: pb.Status(**self.device.status()))
+        return self._call(context, lambda device: pb.Status(**device.status()))
+
+    def Verify(self, request, context) -> pb.VerifyReply:  # noqa: N802
+        def verify(device: Device) -> pb.VerifyReply:
+            records = device.store.verify()
+            self._serving(True)
+            return pb.VerifyReply(records=records)
+
+        return self._call(context, verify)
 
 
 def check_address(address: str) -> str:
@@ -130,11 +187,18 @@ def check_address(address: str) -> str:
     return address
 
 
-def serve(device: Device, address: str, max_workers: int = 4) -> tuple[grpc.Server, str]:
-    """Start the agent; returns (server, the address clients use). Port 0 picks a free one."""
+def serve(
+    device: Device | None, address: str, max_workers: int = 4, damage: str = ""
+) -> tuple[grpc.Server, str]:
+    """Start the agent; returns (server, the address clients use). Port 0 picks a free one.
+
+    ``device`` None (with ``damage``, why): a store too damaged to open, reported on every call.
+    """
     check_address(address)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
-    pb_grpc.add_DeviceAgentServicer_to_server(DeviceAgentService(device), server)
+    checks = health.HealthServicer()
+    pb_grpc.add_DeviceAgentServicer_to_server(DeviceAgentService(device, checks, damage), server)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     port = server.add_insecure_port(address)  # local only (checked above): no TLS needed
     if not address.startswith("unix:") and port == 0:
         raise OSError(f"could not listen on {address}")
@@ -151,6 +215,7 @@ class AgentClient:
     def __init__(self, address: str, timeout: float = 60.0) -> None:
         self.channel = grpc.insecure_channel(check_address(address))
         self.stub = pb_grpc.DeviceAgentStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
         self.timeout = timeout
 
     def close(self) -> None:
@@ -168,6 +233,20 @@ class AgentClient:
         )
         return reply.record_id
 
+    def interactions(self) -> list[Interaction]:
+        reply = self.stub.ListInteractions(pb.ListInteractionsRequest(), timeout=self.timeout)
+        return [
+            Interaction(
+                i.record_id, i.item, i.timestamp, i.rating if i.HasField("rating") else None
+            )
+            for i in reply.interactions
+        ]
+
+    def delete_interaction(self, record_id: int) -> int:
+        """Returns how many interactions are left."""
+        request = pb.DeleteInteractionRequest(record_id=record_id)
+        return self.stub.DeleteInteraction(request, timeout=self.timeout).interactions
+
     def recommend(self, k: int = 10) -> list[Recommendation]:
         reply = self.stub.Recommend(pb.RecommendRequest(k=k), timeout=self.timeout)
         return [Recommendation(r.item, r.score) for r in reply.items]
@@ -181,14 +260,29 @@ class AgentClient:
             unit=b.unit,
             accountant=b.accountant or None,
             steps=b.steps,
+            cap_source=b.cap_source or None,
         )
 
-    def forget(self, confirm: bool = True) -> None:
-        self.stub.Forget(pb.ForgetRequest(confirm=confirm), timeout=self.timeout)
+    def forget(self, device_id: str) -> None:
+        """``device_id``: this device's id (``status()["device_id"]``), as the confirmation."""
+        self.stub.Forget(pb.ForgetRequest(device_id=device_id), timeout=self.timeout)
 
     def status(self) -> dict[str, object]:
+        """The Status fields by name; an optional field that is absent is None."""
         s = self.stub.GetStatus(pb.StatusRequest(), timeout=self.timeout)
-        return {f.name: getattr(s, f.name) for f in s.DESCRIPTOR.fields}
+        return {
+            f.name: getattr(s, f.name) if not f.has_presence or s.HasField(f.name) else None
+            for f in s.DESCRIPTOR.fields
+        }
+
+    def verify(self) -> int:
+        return self.stub.Verify(pb.VerifyRequest(), timeout=self.timeout).records
+
+    def serving(self, service: str = SERVICE) -> bool:
+        """The standard health check (grpc.health.v1) for the agent's service."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        reply = self.health.Check(request, timeout=self.timeout)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,22 +290,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True, help="the device's store (SQLite file)")
     parser.add_argument("--key-file", required=True, help="file with the key as 64 hex digits")
     parser.add_argument("--listen", required=True, help="unix:/abs/path.sock or 127.0.0.1:PORT")
+    parser.add_argument(
+        "--num-items",
+        type=int,
+        default=None,
+        help="the catalogue size, if known before the first run: Record refuses items outside it",
+    )
     args = parser.parse_args(argv)
+    device: Device | None = None
     try:
         check_address(args.listen)  # before the store is opened (or created)
         key = read_key_file(Path(args.key_file), Path(args.store))
-        device = Device.open(args.store, key)
-        server, address = serve(device, args.listen)
+        if args.num_items is not None and args.num_items < 1:
+            raise ValueError(f"--num-items must be at least 1, got {args.num_items}")
+        try:
+            device = Device.open(args.store, key, num_items=args.num_items)
+            server, address = serve(device, args.listen)
+        except CorruptStoreError as err:
+            damage = (
+                f"the store file is damaged ({err.detail}) and the agent could not open it: "
+                "restore it from a backup, or remove it and restart the agent to start over"
+            )
+            print(f"confide device agent: {damage}", file=sys.stderr, flush=True)
+            server, address = serve(None, args.listen, damage=damage)
     except (ValueError, StoreError, OSError) as err:
         print(f"confide device agent: {err}", file=sys.stderr)
         return 2
-    print(f"confide device agent {device.device_id} listening on {address}", flush=True)
+    name = device.device_id if device else "(damaged store)"
+    print(f"confide device agent {name} listening on {address}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=2).wait()
-    device.close()
+    if device is not None:
+        device.close()
     return 0
 
 

@@ -15,6 +15,13 @@ device id and generation, its table and its record id (or name): a flipped bit, 
 copied to another id, name or device, fails authentication with :class:`TamperedError`. The key
 (32 bytes) comes from the host app on every open; it is never written here.
 
+Structural damage to the SQLite file itself (a flipped byte in a page header, not inside a
+record) surfaces as :class:`CorruptStoreError`: the file is opened with ``cell_size_check`` and a
+``quick_check`` (cheap at a device's size), every SQLite error later is mapped to it too, and
+:meth:`EncryptedStore.verify` runs the full ``integrity_check`` and authenticates every record.
+
+Messages never name the file's path: they may travel to any local client of the device agent.
+
 Not detected: deleting whole records, or rolling the whole file back to an older copy (that
 needs a trusted counter outside the file). :meth:`EncryptedStore.forget` starts a new generation,
 so records from before it never authenticate again, even if copied back.
@@ -54,6 +61,9 @@ def _check_aad(device_id: str) -> bytes:
     return b"|".join([FORMAT, device_id.encode(), b"key-check"])
 
 
+RESTORE = "restore the store from a backup, or start over with Forget (Device.forget in Python)"
+
+
 class StoreError(Exception):
     """The store cannot be opened or read."""
 
@@ -64,6 +74,27 @@ class WrongKeyError(StoreError):
 
 class TamperedError(StoreError):
     """A record failed authentication: altered, or moved from another record or device."""
+
+
+class CorruptStoreError(TamperedError):
+    """SQLite's own structure in the file is damaged: nothing read from it can be trusted."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the store file is damaged ({detail}): {RESTORE}")
+        self.detail = detail  # what SQLite said
+
+
+class NoSuchRecordError(StoreError, LookupError):
+    """The interaction asked for is not in the store."""
+
+
+@contextmanager
+def _sqlite_errors() -> Iterator[None]:
+    """SQLite's errors (``database disk image is malformed`` ...) as the store's own."""
+    try:
+        yield
+    except sqlite3.DatabaseError as err:
+        raise CorruptStoreError(f"SQLite: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -89,19 +120,26 @@ class EncryptedStore:
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self._connect()
+        with _sqlite_errors():
+            self._check_structure("quick_check")
+            self._open_meta()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _connect(self) -> None:
         try:
             self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             self._db.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed
+            self._db.execute("PRAGMA cell_size_check = ON")  # damaged pages: an error, not garbage
             self._db.executescript(_SCHEMA)
-            self._open_meta()
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is not a Confide store (SQLite said: {err})") from None
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def _open_meta(self) -> None:
+    def _open_meta(self, device_id: str | None = None) -> None:
+        """Read the header; an empty store gets one (``device_id``: keep that id, else new)."""
         meta = dict(self._db.execute("SELECT name, value FROM meta"))
         if not meta:
-            device_id = secrets.token_hex(16)
+            device_id = device_id or secrets.token_hex(16)
             nonce = secrets.token_bytes(NONCE_BYTES)
             check = self._aead.encrypt(nonce, _KEY_CHECK, _check_aad(device_id))
             meta = {
@@ -121,9 +159,17 @@ class EncryptedStore:
             self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], _check_aad(self.device_id))
         except InvalidTag:
             raise WrongKeyError(
-                f"the key does not open {self.path}: it is the wrong key, or the store's header "
+                "the key does not open this store: it is the wrong key, or the store's header "
                 "was altered. Use the key this store was created with."
             ) from None
+
+    def _check_structure(self, pragma: str) -> None:
+        with self._lock:
+            rows = [r[0] for r in self._db.execute(f"PRAGMA {pragma}")]
+        if rows != ["ok"]:
+            lines = "\n".join(map(str, rows)).splitlines()
+            more = f" and {len(lines) - 3} more" if len(lines) > 3 else ""
+            raise CorruptStoreError(f"SQLite {pragma}: {'; '.join(lines[:3])}{more}")
 
     def close(self) -> None:
         with self._lock:
@@ -137,7 +183,12 @@ class EncryptedStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._db:
+        with self._lock, _sqlite_errors(), self._db:
+            yield self._db
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, _sqlite_errors():
             yield self._db
 
     # -- encryption ------------------------------------------------------------------------
@@ -151,13 +202,16 @@ class EncryptedStore:
         return nonce, self._aead.encrypt(nonce, plain, self._aad(table, record))
 
     def _open(self, table: str, record: str, nonce: bytes, ciphertext: bytes) -> bytes:
+        if not isinstance(nonce, bytes) or not isinstance(ciphertext, bytes):
+            # NULLs or numbers where only blobs are written: rows read from a damaged page
+            raise CorruptStoreError(f"record {table}/{record} is not a stored record")
         try:
             return self._aead.decrypt(bytes(nonce), bytes(ciphertext), self._aad(table, record))
         except InvalidTag:
             raise TamperedError(
-                f"record {table}/{record} in {self.path} failed authentication: it was altered, "
-                "or moved here from another record or device. The store cannot be trusted: "
-                "restore it from a backup, or call forget() to start over."
+                f"record {table}/{record} of this store failed authentication: it was altered, "
+                f"or moved here from another record or device. The store cannot be trusted: "
+                f"{RESTORE}."
             ) from None
 
     # -- interactions ----------------------------------------------------------------------
@@ -175,22 +229,38 @@ class EncryptedStore:
         return record_id
 
     def interactions(self) -> list[Interaction]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT id, nonce, ciphertext FROM interactions ORDER BY id"
             ).fetchall()
-        result = []
-        for record_id, nonce, ciphertext in rows:
-            plain = self._open("interactions", str(record_id), nonce, ciphertext)
-            item, timestamp, rating = _INTERACTION.unpack(plain)
-            result.append(
-                Interaction(record_id, item, timestamp, None if math.isnan(rating) else rating)
-            )
-        return result
+        return [self._interaction(*row) for row in rows]
+
+    def _interaction(self, record_id: int, nonce: bytes, ciphertext: bytes) -> Interaction:
+        plain = self._open("interactions", str(record_id), nonce, ciphertext)
+        if len(plain) != _INTERACTION.size:  # authenticated, so written by a different format
+            raise TamperedError(f"record interactions/{record_id} has an unknown layout: {RESTORE}")
+        item, timestamp, rating = _INTERACTION.unpack(plain)
+        return Interaction(record_id, item, timestamp, None if math.isnan(rating) else rating)
 
     def count_interactions(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
+        """Rows, not authenticated: :meth:`interactions` is the count to trust."""
+        with self._read() as db:
+            return int(db.execute("SELECT COUNT(*) FROM interactions").fetchone()[0])
+
+    def delete_interaction(self, record_id: int) -> Interaction:
+        """Delete one interaction (authenticated first); returns what it was."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id, nonce, ciphertext FROM interactions WHERE id = ?", (record_id,)
+            ).fetchone()
+            if row is None:
+                raise NoSuchRecordError(
+                    f"no interaction with record id {record_id} on this device: list them to "
+                    "see their ids"
+                )
+            deleted = self._interaction(*row)
+            db.execute("DELETE FROM interactions WHERE id = ?", (record_id,))  # secure_delete
+        return deleted
 
     # -- named state -----------------------------------------------------------------------
     def put(self, name: str, data: bytes) -> None:
@@ -199,8 +269,8 @@ class EncryptedStore:
             db.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (name, nonce, ciphertext))
 
     def get(self, name: str) -> bytes | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._read() as db:
+            row = db.execute(
                 "SELECT nonce, ciphertext FROM state WHERE name = ?", (name,)
             ).fetchone()
         return None if row is None else self._open("state", name, *row)
@@ -210,11 +280,16 @@ class EncryptedStore:
             db.execute("DELETE FROM state WHERE name = ?", (name,))
 
     def names(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT name FROM state ORDER BY name")]
+        with self._read() as db:
+            return [r[0] for r in db.execute("SELECT name FROM state ORDER BY name")]
 
     def verify(self) -> int:
-        """Authenticate every record; returns how many were checked (raises on the first bad)."""
+        """SQLite's full ``integrity_check``, then authenticate every record.
+
+        Returns how many records were checked; raises on the first damage found.
+        """
+        with _sqlite_errors():
+            self._check_structure("integrity_check")
         count = len(self.interactions())
         for name in self.names():
             self.get(name)
@@ -226,13 +301,36 @@ class EncryptedStore:
         """Delete every interaction and every state record, and start a new generation.
 
         ``secure_delete`` zeroes the freed pages and VACUUM rebuilds the file without them, so
-        no ciphertext of the old records remains in it; the id counter is reset too.
+        no ciphertext of the old records remains in it; the id counter is reset too. A file whose
+        SQLite structure is damaged cannot be emptied record by record: it is overwritten with
+        zeros and started again, empty, under the same device id.
         """
+        try:
+            self._delete_everything()
+        except CorruptStoreError:
+            self._recreate()
+
+    def _delete_everything(self) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM interactions")
             db.execute("DELETE FROM state")
             db.execute("DELETE FROM sqlite_sequence")
             self._generation = secrets.token_hex(16).encode()
             db.execute("UPDATE meta SET value = ? WHERE name = 'generation'", (self._generation,))
+        with self._read() as db:
+            db.execute("VACUUM")
+
+    def _recreate(self) -> None:
         with self._lock:
-            self._db.execute("VACUUM")
+            self._db.close()
+            size = self.path.stat().st_size
+            with open(self.path, "r+b") as file:
+                file.write(bytes(size))
+                file.flush()
+                os.fsync(file.fileno())
+                file.truncate(0)
+            journal = self.path.with_name(self.path.name + "-journal")
+            journal.unlink(missing_ok=True)  # a hot journal would roll the old pages back in
+            self._connect()
+            with _sqlite_errors():
+                self._open_meta(self.device_id)

@@ -9,7 +9,9 @@ The key is 64 hex digits (32 bytes), in a file readable only by its owner, kept 
 store's directory, or in an environment variable of the SuperNode. Each round runs in a fresh
 ClientApp process (docs/design.md §8), so the store is opened per message: it is the source of truth
 for the private embedding and the accountant, which are restored from it before training and
-saved back after, together with the global model the server sent (:class:`StoreState`).
+saved back after, together with the global model the server sent (:class:`StoreState`). The
+node config's own cap and δ (:mod:`client.policy`) are recorded there too, on every message, so
+that the SDK and the device agent, which never see the node config, report them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from flwr.app import RecordDict
 
 from client.device import Device
+from client.policy import DevicePolicy
 from client.state import ContextState
 from client.store import KEY_BYTES
 from client.training_round import TrainResult
@@ -147,6 +150,7 @@ class StoreRun:
         """Read the store named in ``node_config``; ``node_state`` (Flower's) is made to match it.
 
         The store is the source of truth: what it lacks (after ``forget()``) the node state drops.
+        The device's own policy is recorded first, even if there is not enough data to train.
         """
         if not config.num_items:
             raise ValueError(
@@ -158,7 +162,9 @@ class StoreRun:
             raise ValueError(f"store {path} (node config {STORE_PATH}) does not exist")
         key = store_key(node_config)
         node = ContextState(RecordDict() if node_state is None else node_state)
+        policy = DevicePolicy.from_node_config(node_config, deployed=True)
         with Device.open(path, key) as device:
+            device.save_policy(policy)
             data = device.training_data(config.num_items, config.eval_negatives)
             user_id = device.seed_identity(run_id)
             node.load(device.private_embedding(), device.privacy_history())

@@ -24,6 +24,42 @@ class RecordReply(_message.Message):
     interactions: int
     def __init__(self, record_id: _Optional[int] = ..., interactions: _Optional[int] = ...) -> None: ...
 
+class Interaction(_message.Message):
+    __slots__ = ("record_id", "item", "timestamp", "rating", "outside_catalogue")
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_CATALOGUE_FIELD_NUMBER: _ClassVar[int]
+    record_id: int
+    item: int
+    timestamp: float
+    rating: float
+    outside_catalogue: bool
+    def __init__(self, record_id: _Optional[int] = ..., item: _Optional[int] = ..., timestamp: _Optional[float] = ..., rating: _Optional[float] = ..., outside_catalogue: _Optional[bool] = ...) -> None: ...
+
+class ListInteractionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListInteractionsReply(_message.Message):
+    __slots__ = ("interactions",)
+    INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    interactions: _containers.RepeatedCompositeFieldContainer[Interaction]
+    def __init__(self, interactions: _Optional[_Iterable[_Union[Interaction, _Mapping]]] = ...) -> None: ...
+
+class DeleteInteractionRequest(_message.Message):
+    __slots__ = ("record_id",)
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    record_id: int
+    def __init__(self, record_id: _Optional[int] = ...) -> None: ...
+
+class DeleteInteractionReply(_message.Message):
+    __slots__ = ("interactions",)
+    INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    interactions: int
+    def __init__(self, interactions: _Optional[int] = ...) -> None: ...
+
 class RecommendRequest(_message.Message):
     __slots__ = ("k",)
     K_FIELD_NUMBER: _ClassVar[int]
@@ -51,26 +87,30 @@ class PrivacyBudgetRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PrivacyBudget(_message.Message):
-    __slots__ = ("epsilon", "cap", "delta", "unit", "accountant", "steps")
+    __slots__ = ("epsilon", "cap", "delta", "unit", "accountant", "steps", "remaining", "cap_source")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     CAP_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    CAP_SOURCE_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     cap: float
     delta: float
     unit: str
     accountant: str
     steps: int
-    def __init__(self, epsilon: _Optional[float] = ..., cap: _Optional[float] = ..., delta: _Optional[float] = ..., unit: _Optional[str] = ..., accountant: _Optional[str] = ..., steps: _Optional[int] = ...) -> None: ...
+    remaining: float
+    cap_source: str
+    def __init__(self, epsilon: _Optional[float] = ..., cap: _Optional[float] = ..., delta: _Optional[float] = ..., unit: _Optional[str] = ..., accountant: _Optional[str] = ..., steps: _Optional[int] = ..., remaining: _Optional[float] = ..., cap_source: _Optional[str] = ...) -> None: ...
 
 class ForgetRequest(_message.Message):
-    __slots__ = ("confirm",)
-    CONFIRM_FIELD_NUMBER: _ClassVar[int]
-    confirm: bool
-    def __init__(self, confirm: _Optional[bool] = ...) -> None: ...
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
 
 class ForgetReply(_message.Message):
     __slots__ = ()
@@ -81,7 +121,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("device_id", "interactions", "num_items", "model", "has_global_model", "has_private_embedding", "epsilon")
+    __slots__ = ("device_id", "interactions", "num_items", "model", "has_global_model", "has_private_embedding", "epsilon", "epsilon_cap", "epsilon_remaining", "delta", "cap_source", "outside_catalogue")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +129,11 @@ class Status(_message.Message):
     HAS_GLOBAL_MODEL_FIELD_NUMBER: _ClassVar[int]
     HAS_PRIVATE_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_CAP_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    CAP_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_CATALOGUE_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     interactions: int
     num_items: int
@@ -96,4 +141,19 @@ class Status(_message.Message):
     has_global_model: bool
     has_private_embedding: bool
     epsilon: float
-    def __init__(self, device_id: _Optional[str] = ..., interactions: _Optional[int] = ..., num_items: _Optional[int] = ..., model: _Optional[str] = ..., has_global_model: _Optional[bool] = ..., has_private_embedding: _Optional[bool] = ..., epsilon: _Optional[float] = ...) -> None: ...
+    epsilon_cap: float
+    epsilon_remaining: float
+    delta: float
+    cap_source: str
+    outside_catalogue: int
+    def __init__(self, device_id: _Optional[str] = ..., interactions: _Optional[int] = ..., num_items: _Optional[int] = ..., model: _Optional[str] = ..., has_global_model: _Optional[bool] = ..., has_private_embedding: _Optional[bool] = ..., epsilon: _Optional[float] = ..., epsilon_cap: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., delta: _Optional[float] = ..., cap_source: _Optional[str] = ..., outside_catalogue: _Optional[int] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyReply(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: int
+    def __init__(self, records: _Optional[int] = ...) -> None: ...

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class DeviceAgentStub:
-    """Missing associated documentation comment in .proto file."""
+    """Also served: the standard health service grpc.health.v1.Health ("" and the service name
+    "confide.device.v1.DeviceAgent"): SERVING, or NOT_SERVING when the store is damaged.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -38,6 +40,16 @@ class DeviceAgentStub:
                 '/confide.device.v1.DeviceAgent/Record',
                 request_serializer=client_dot_proto_dot_device__pb2.RecordRequest.SerializeToString,
                 response_deserializer=client_dot_proto_dot_device__pb2.RecordReply.FromString,
+                _registered_method=True)
+        self.ListInteractions = channel.unary_unary(
+                '/confide.device.v1.DeviceAgent/ListInteractions',
+                request_serializer=client_dot_proto_dot_device__pb2.ListInteractionsRequest.SerializeToString,
+                response_deserializer=client_dot_proto_dot_device__pb2.ListInteractionsReply.FromString,
+                _registered_method=True)
+        self.DeleteInteraction = channel.unary_unary(
+                '/confide.device.v1.DeviceAgent/DeleteInteraction',
+                request_serializer=client_dot_proto_dot_device__pb2.DeleteInteractionRequest.SerializeToString,
+                response_deserializer=client_dot_proto_dot_device__pb2.DeleteInteractionReply.FromString,
                 _registered_method=True)
         self.Recommend = channel.unary_unary(
                 '/confide.device.v1.DeviceAgent/Recommend',
@@ -59,14 +71,36 @@ class DeviceAgentStub:
                 request_serializer=client_dot_proto_dot_device__pb2.StatusRequest.SerializeToString,
                 response_deserializer=client_dot_proto_dot_device__pb2.Status.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/confide.device.v1.DeviceAgent/Verify',
+                request_serializer=client_dot_proto_dot_device__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=client_dot_proto_dot_device__pb2.VerifyReply.FromString,
+                _registered_method=True)
 
 
 class DeviceAgentServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Also served: the standard health service grpc.health.v1.Health ("" and the service name
+    "confide.device.v1.DeviceAgent"): SERVING, or NOT_SERVING when the store is damaged.
+    """
 
     def Record(self, request, context):
-        """Append one interaction. INVALID_ARGUMENT: no item, item outside the catalogue, rating or
-        timestamp not finite.
+        """Append one interaction. INVALID_ARGUMENT: no item, item outside a known catalogue (before
+        the first model arrives the catalogue may be unknown: see Status.num_items), rating not
+        finite, timestamp not in [0, now + 1 day] seconds (milliseconds are refused as such).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInteractions(self, request, context):
+        """Every interaction on the device, oldest record first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteInteraction(self, request, context):
+        """Delete one interaction by its record id. NOT_FOUND: no interaction has that id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,7 +121,7 @@ class DeviceAgentServicer:
 
     def Forget(self, request, context):
         """Delete every interaction, private embedding, accountant and model. INVALID_ARGUMENT unless
-        confirm is true.
+        device_id is this device's id (Status.device_id): nothing sent by accident wipes the store.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +133,13 @@ class DeviceAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """Check the whole store now: SQLite's integrity_check, then every record's authentication.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +147,16 @@ def add_DeviceAgentServicer_to_server(servicer, server):
                     servicer.Record,
                     request_deserializer=client_dot_proto_dot_device__pb2.RecordRequest.FromString,
                     response_serializer=client_dot_proto_dot_device__pb2.RecordReply.SerializeToString,
+            ),
+            'ListInteractions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInteractions,
+                    request_deserializer=client_dot_proto_dot_device__pb2.ListInteractionsRequest.FromString,
+                    response_serializer=client_dot_proto_dot_device__pb2.ListInteractionsReply.SerializeToString,
+            ),
+            'DeleteInteraction': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteInteraction,
+                    request_deserializer=client_dot_proto_dot_device__pb2.DeleteInteractionRequest.FromString,
+                    response_serializer=client_dot_proto_dot_device__pb2.DeleteInteractionReply.SerializeToString,
             ),
             'Recommend': grpc.unary_unary_rpc_method_handler(
                     servicer.Recommend,
@@ -127,6 +178,11 @@ def add_DeviceAgentServicer_to_server(servicer, server):
                     request_deserializer=client_dot_proto_dot_device__pb2.StatusRequest.FromString,
                     response_serializer=client_dot_proto_dot_device__pb2.Status.SerializeToString,
             ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=client_dot_proto_dot_device__pb2.VerifyRequest.FromString,
+                    response_serializer=client_dot_proto_dot_device__pb2.VerifyReply.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'confide.device.v1.DeviceAgent', rpc_method_handlers)
@@ -136,7 +192,9 @@ def add_DeviceAgentServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class DeviceAgent:
-    """Missing associated documentation comment in .proto file."""
+    """Also served: the standard health service grpc.health.v1.Health ("" and the service name
+    "confide.device.v1.DeviceAgent"): SERVING, or NOT_SERVING when the store is damaged.
+    """
 
     @staticmethod
     def Record(request,
@@ -155,6 +213,60 @@ class DeviceAgent:
             '/confide.device.v1.DeviceAgent/Record',
             client_dot_proto_dot_device__pb2.RecordRequest.SerializeToString,
             client_dot_proto_dot_device__pb2.RecordReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confide.device.v1.DeviceAgent/ListInteractions',
+            client_dot_proto_dot_device__pb2.ListInteractionsRequest.SerializeToString,
+            client_dot_proto_dot_device__pb2.ListInteractionsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteInteraction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confide.device.v1.DeviceAgent/DeleteInteraction',
+            client_dot_proto_dot_device__pb2.DeleteInteractionRequest.SerializeToString,
+            client_dot_proto_dot_device__pb2.DeleteInteractionReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -263,6 +375,33 @@ class DeviceAgent:
             '/confide.device.v1.DeviceAgent/GetStatus',
             client_dot_proto_dot_device__pb2.StatusRequest.SerializeToString,
             client_dot_proto_dot_device__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confide.device.v1.DeviceAgent/Verify',
+            client_dot_proto_dot_device__pb2.VerifyRequest.SerializeToString,
+            client_dot_proto_dot_device__pb2.VerifyReply.FromString,
             options,
             channel_credentials,
             insecure,

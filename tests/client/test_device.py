@@ -1,9 +1,11 @@
 """The device SDK, and the deployed ClientApp reading from and writing to the device store."""
 
 import json
+import logging
 import math
 import os
 import secrets
+import time
 
 import numpy as np
 import pytest
@@ -17,11 +19,12 @@ from flwr.compat.common.recorddict_compat import (
 )
 
 from client.app import app
-from client.device import RUN_CONFIG, Device, ModelNotReady
-from client.policy import PolicyViolation
+from client.device import RUN_CONFIG, UNPROTECTED, Device, ModelNotReady
+from client.policy import DevicePolicy, PolicyViolation
 from client.state import HISTORY_RECORD, PRIVATE_RECORD
 from client.store_adapter import StoreRun, read_key_file, store_key
 from shared.models import build_model, global_arrays
+from shared.privacy import PrivacyHistory
 from shared.wire import DP_STATUS, EVAL_METRICS, LOSS, SERVER_ROUND, TRAINED
 from tests.client.test_app import task_identity  # noqa: F401  (fixture: act as a task)
 from tests.conftest import small_config
@@ -93,7 +96,7 @@ def test_recommend_needs_a_model_then_ranks_unseen_items_with_cold_start(device)
     assert device.last_fit and top[0].item not in {r.item for r in again}
 
 
-def test_training_data_is_leave_one_out_over_the_device(device):
+def test_training_data_is_leave_one_out_over_the_device(device, caplog):
     for item, t in [(7, 5.0), (3, 1.0), (7, 9.0), (12, 8.0), (5, 9.0)]:
         device.record(item, timestamp=t)
     data = device.training_data(NUM_ITEMS, eval_negatives=20)
@@ -104,8 +107,11 @@ def test_training_data_is_leave_one_out_over_the_device(device):
     np.testing.assert_array_equal(
         device.training_data(NUM_ITEMS, 20).eval_negatives, data.eval_negatives
     )  # fixed per device
-    with pytest.raises(ValueError, match="outside the catalogue of 10 items"):
-        device.training_data(10, 5)
+    # Items outside the catalogue (recorded before it was known) are left out, with a warning.
+    with caplog.at_level(logging.WARNING, logger="client.device"):
+        small = device.training_data(10, 5)
+    assert small.test_item == 7 and list(small.train_items) == [3, 5]
+    assert "outside the catalogue of 10 items" in caplog.text and "record ids 4" in caplog.text
 
 
 def test_key_sources_are_checked(tmp_path):
@@ -196,7 +202,7 @@ def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_pat
         assert len(device.recommend(5)) == 5
 
     with Device.open(store, key) as device:
-        device.forget()
+        device.forget(device.device_id)
         device.record(5, timestamp=1.0)
         device.record(6, timestamp=2.0)
     state_run = StoreRun.open(config, node_config, run_id=3)
@@ -299,3 +305,83 @@ def test_a_store_written_by_an_older_version_still_opens(device):
     restored = device.run_config()
     assert restored.csv_header == "auto" and restored.csv_delimiter == ";"
     assert device.status()["num_items"] == NUM_ITEMS
+
+
+def test_timestamps_are_seconds_within_a_day_of_the_clock(device):
+    now = time.time()
+    for bad, message in [
+        (now * 1000, "looks like milliseconds .*Date.now\\(\\) / 1000"),
+        (now + 2 * 86_400, "more than a day in the future"),
+        (-1.0, "before 1970"),
+        (math.nan, "timestamp must be finite"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            device.record(3, timestamp=bad)
+    assert device.interactions() == []
+    device.record(3, timestamp=0.0)
+    device.record(4, timestamp=now + 3600)  # a clock a little behind the app's: accepted
+    assert [i.timestamp for i in device.interactions()] == [0.0, now + 3600]
+
+
+def test_before_the_catalogue_is_known_any_index_is_kept_and_training_leaves_it_out(device):
+    device.record(2**63 - 1, timestamp=1.0)  # no run yet: nothing to check it against
+    device.record(5, timestamp=2.0)
+    device.record(6, timestamp=3.0)
+    config = _config()
+    device.save_global(config, _global(config))  # the first model: the catalogue is known now
+    status = device.status()
+    assert status["num_items"] == NUM_ITEMS and status["outside_catalogue"] == 1
+    data = device.training_data(NUM_ITEMS, 5)  # trains on what fits instead of failing
+    assert list(data.train_items) == [5] and data.test_item == 6
+    with pytest.raises(ValueError, match="outside the catalogue"):
+        device.record(2**63 - 1)
+    device.delete_interaction(1)
+    assert device.status()["outside_catalogue"] == 0
+
+
+def test_privacy_budget_reports_the_cap_that_binds(device):
+    history = PrivacyHistory().add(1.0, 0.5, 10)
+    device.save_training(None, history)
+    run = _config(dp_interaction=True, dp_epsilon_cap=20.0, dp_delta=1e-5)
+    device.save_global(run, _global(run))
+    eps_run, eps_own = history.epsilon(1e-5), history.epsilon(1e-7)
+    budget = device.privacy_budget()
+    assert (budget.cap, budget.delta, budget.cap_source) == (20.0, 1e-5, "run")
+    assert budget.epsilon == pytest.approx(eps_run)
+
+    device.save_policy(DevicePolicy(epsilon_cap=8.0, delta=1e-7))  # the node config's own
+    budget = device.privacy_budget()
+    assert (budget.cap, budget.delta, budget.cap_source) == (8.0, 1e-7, "device")
+    assert budget.epsilon == pytest.approx(eps_own) and eps_own > eps_run
+    assert budget.remaining == pytest.approx(max(0.0, 8.0 - eps_own))
+    status = device.status()
+    assert status["epsilon_cap"] == 8.0 and status["cap_source"] == "device"
+
+    device.save_policy(DevicePolicy(epsilon_cap=100.0, delta=1e-7))  # more left than the run's
+    assert device.privacy_budget().cap_source == "run"
+    device.save_policy(DevicePolicy())  # the node config dropped its cap
+    assert device.privacy_budget().cap_source == "run"
+    device.store.put(UNPROTECTED, (1).to_bytes(8, "little"))
+    assert device.privacy_budget().epsilon == math.inf
+
+
+def test_forget_needs_the_device_id(device):
+    device.record(3, timestamp=1.0)
+    for wrong in (True, "no", "", device.device_id[:-1]):
+        with pytest.raises(ValueError, match="send this device's id"):
+            device.forget(wrong)
+    assert len(device.interactions()) == 1
+    device.forget(device.device_id)
+    assert device.interactions() == []
+
+
+def test_the_deployed_client_app_records_the_devices_own_policy(tmp_path):
+    store, key, node_config = _deployed(tmp_path, [3, 8, 15])
+    own = {**node_config, "device-epsilon-cap": 6.0, "device-delta": 1e-6}
+    StoreRun.open(_config(), own, run_id=1)
+    with Device.open(store, key) as device:
+        budget = device.privacy_budget()
+        assert (budget.cap, budget.delta, budget.cap_source) == (6.0, 1e-6, "device")
+    StoreRun.open(_config(), node_config, run_id=2)  # the cap was removed from the node config
+    with Device.open(store, key) as device:
+        assert device.privacy_budget().cap is None

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from client.device import GLOBAL, HISTORY, PRIVATE, RUN_CONFIG, Device
-from client.store import EncryptedStore, TamperedError, WrongKeyError
+from client.store import (
+    CorruptStoreError,
+    EncryptedStore,
+    NoSuchRecordError,
+    TamperedError,
+    WrongKeyError,
+)
 from shared.models import build_model, global_arrays, private_state
 from shared.privacy import PrivacyHistory
 from tests.conftest import small_config
@@ -168,7 +174,7 @@ def test_forget_leaves_nothing(tmp_path, key):
         blobs += [bytes(r[0]) for r in db.execute("SELECT ciphertext FROM state")]
         blobs += [bytes(r[0]) for r in db.execute("SELECT nonce FROM state")]
     assert all(blob in path.read_bytes() for blob in blobs)
-    device.forget()
+    device.forget(device.device_id)
     assert device.interactions() == [] and device.store.names() == []
     assert device.private_embedding() is None and device.privacy_history() == PrivacyHistory()
     assert device.privacy_budget().epsilon == 0.0 and device.global_model() is None
@@ -189,9 +195,85 @@ def test_records_copied_back_after_forget_do_not_authenticate(tmp_path, key):
     device = _filled(path, key)
     with sqlite3.connect(path) as db:
         old = db.execute("SELECT id, nonce, ciphertext FROM interactions").fetchall()
-    device.forget()
+    device.forget(device.device_id)
     device.close()
     with sqlite3.connect(path) as db:
         db.executemany("INSERT INTO interactions VALUES (?, ?, ?)", old)
     with pytest.raises(TamperedError):
         _read_everything(path, key)
+
+
+def damage_page_header(path, table="interactions", cells=67):
+    """Set the cell count in the header of ``table``'s root page: SQLite's structure, no record.
+
+    The file change counter is bumped as any writer's would be, so an open connection rereads it.
+    """
+    with sqlite3.connect(path) as db:
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    raw = bytearray(path.read_bytes())
+    header = (root - 1) * page_size
+    assert raw[header] == 0x0D  # a table leaf page
+    raw[header + 3 : header + 5] = cells.to_bytes(2, "big")
+    raw[24:28] = (int.from_bytes(raw[24:28], "big") + 1).to_bytes(4, "big")
+    path.write_bytes(bytes(raw))
+
+
+def test_damage_to_sqlites_own_structure_is_the_stores_own_error(tmp_path, key):
+    path = tmp_path / "device.db"
+    with Device.open(path, key) as device:
+        for t in range(3):
+            device.record(t, timestamp=float(t))
+        damage_page_header(path)  # while open
+        for read in (device.interactions, device.status, device.store.verify):
+            with pytest.raises(CorruptStoreError, match="the store file is damaged"):
+                read()
+    with pytest.raises(CorruptStoreError, match="malformed"):  # the open's quick_check
+        EncryptedStore(path, key)
+
+
+def test_verify_runs_the_full_integrity_check(tmp_path, key):
+    """An index that no longer matches its table passes quick_check; verify() finds it."""
+    path = tmp_path / "device.db"
+    with Device.open(path, key) as device:
+        device.store.put("abc", b"x")
+    with sqlite3.connect(path) as db:
+        (root,) = db.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_state_1'"
+        ).fetchone()
+    raw = bytearray(path.read_bytes())
+    page = (root - 1) * 4096
+    raw[page + raw[page : page + 4096].rfind(b"abc")] ^= 1
+    path.write_bytes(bytes(raw))
+    with EncryptedStore(path, key) as store:  # opens: the cheap check does not see it
+        with pytest.raises(CorruptStoreError, match="missing from index sqlite_autoindex_state_1"):
+            store.verify()
+
+
+def test_forget_starts_a_damaged_file_again_under_the_same_device_id(tmp_path, key):
+    path = tmp_path / "device.db"
+    with _filled(path, key) as device:
+        device_id = device.device_id
+        damage_page_header(path)
+        device.forget(device_id)
+        assert device.interactions() == [] and device.store.names() == []
+        assert device.record(5, timestamp=1.0) == 1
+    with Device.open(path, key) as device:
+        assert device.device_id == device_id and device.store.verify() == 1
+    for item in ITEMS:  # the damaged file was overwritten, not just unlinked from the tree
+        assert item.to_bytes(8, "little") not in path.read_bytes()
+
+
+def test_delete_one_interaction(tmp_path, key):
+    with Device.open(tmp_path / "device.db", key) as device:
+        for t, item in enumerate([4, 9, 11]):
+            device.record(item, timestamp=float(t))
+        deleted = device.delete_interaction(2)
+        assert (deleted.record_id, deleted.item) == (2, 9)
+        assert [(i.record_id, i.item) for i in device.interactions()] == [(1, 4), (3, 11)]
+        with pytest.raises(NoSuchRecordError, match="no interaction with record id 2"):
+            device.delete_interaction(2)
+        with pytest.raises(ValueError, match="record_id must be an integer"):
+            device.delete_interaction("2")
