@@ -8,10 +8,9 @@ are in the log and in the run directory's ``data.json``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
-
-from collections.abc import Callable
 
 from shared.config import RunConfig
 from shared.data.summary import DataSummary, write_data_summary

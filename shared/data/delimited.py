@@ -82,8 +82,8 @@ def load_csv(
     follow). With a recognisable header, columns are picked by name (so extra columns are fine);
     otherwise they are positional: 2 fields = user,item; 3 = user,item,rating (or a count:
     plays, clicks); 4 = user,item,rating,timestamp. Every row is a positive whatever its rating
-    (``min-rating`` filters on it later). Ids may be strings; they are integers only when every id in
-    the column is an integer. Timestamps must be numeric (fractions are floored). ``path`` may
+    (``min-rating`` filters on it later). Ids may be strings; they are integers only when every
+    id in the column is an integer. Timestamps must be numeric (fractions are floored). ``path`` may
     also be a directory holding exactly one .csv/.tsv file.
     """
     f = _resolve_csv(path)
