@@ -129,3 +129,15 @@ def test_catalog_size_from_num_items_or_dataset():
     assert split_for(small_config(num_items=200)).num_items == 200
     with pytest.raises(ConfigError, match="num-items is 1234 but the dataset has 200 items"):
         split_for(small_config(num_items=1234))
+
+
+def test_holdout_stream_has_its_own_draws():
+    # NumPy drops trailing zeros of a seed tuple: user 0 must not draw the epoch-14 shuffle's
+    # numbers (seed, 14), nor any other stream's
+    from shared.streams import Stream, centralized_shuffle_rng, generator, holdout_rng
+
+    assert Stream.HOLDOUT == 14 and len({int(s) for s in Stream}) == len(Stream)
+    draws = holdout_rng(0, 0).integers(0, 2**62, 4).tolist()
+    assert draws != centralized_shuffle_rng(0, int(Stream.HOLDOUT)).integers(0, 2**62, 4).tolist()
+    for stream in Stream:
+        assert draws != generator(0, stream, 0).integers(0, 2**62, 4).tolist()
