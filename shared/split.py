@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.data import DataSource, Interactions
+from shared.data import DataError, DataSource, Interactions
 from shared.data.summary import DataSummary
 from shared.streams import eval_negatives_rng, holdout_rng
 
@@ -107,10 +107,17 @@ def leave_one_out(
     counts = np.bincount(users, minlength=data.num_users)
     if (counts < 2).any():
         bad = np.flatnonzero(counts < 2)
-        raise ValueError(
+        raise DataError(
             f"{len(bad)} users have fewer than 2 interactions (first: dense id {bad[0]}); "
             "leave-one-out needs one to hold out and one to train on: set "
             "min-user-interactions = 2 (or more) to drop them"
+        )
+    fewest_unseen = data.num_items - int(counts.max())
+    if fewest_unseen < num_eval_negatives:
+        raise DataError(
+            f"a user has interacted with {int(counts.max())} of the {data.num_items} items, "
+            f"leaving {fewest_unseen} to draw {num_eval_negatives} evaluation negatives from: "
+            f"set eval-negatives = {max(fewest_unseen, 0)} or fewer, or use a larger catalogue"
         )
     ends = np.cumsum(counts)
     latest = stamps[ends - 1]  # rows are in (user, timestamp, item) order

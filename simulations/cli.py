@@ -145,8 +145,13 @@ def _run(args: argparse.Namespace) -> int:
 
         run_centralized(config)
         return 0
+    from shared.split import data_summary_for
     from simulations.simulate import run_simulation
 
+    # The data is loaded here first (the split is cached for the run): a bad file fails before
+    # Flower starts, and the log says how the held-out items were chosen and what was dropped.
+    for line in data_summary_for(config).lines():
+        print(f"[confide] {line}")
     return run_simulation(config, changed, supernodes=args.supernodes)
 
 

@@ -45,6 +45,7 @@ def error_of(capsys, argv: list[str]) -> list[str]:
         (csv_run(FIXTURES / "generic.tsv", "--set", "min-rating=6"), "no interactions are left"),
         (csv_run(FIXTURES / "plays.tsv", "--set", "min-user-interactions=1"), "at least 2"),
         (["centralized", "--config", "no-such-config"], "file not found: config file no-such"),
+        (csv_run(FIXTURES / "plays.tsv"), "data error: a user has interacted with 8 of the 29"),
         (["simulate", "--set", "dataset=ml-100k", "--set", "data-dir=/nonexistent"], "u.data"),
         (["simulate", "--set", "min-rating=-1"], "config error: min-rating must be 0"),
     ],
