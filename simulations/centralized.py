@@ -12,44 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from shared.baselines import POPULARITY, RANDOM, record_data_summary
 from shared.config import RunConfig
-from shared.data.summary import DataSummary, write_data_summary
-from shared.metrics import random_hit_ratio
 from shared.models import build_model, global_arrays, global_names
 from shared.rundir import RunDirectory
-from shared.split import data_summary_for, split_for, training_examples
+from shared.split import split_for, training_examples
 from shared.streams import centralized_shuffle_rng, train_negatives_rng
-from shared.training import evaluate_popularity, evaluate_users, make_optimizer, train_epoch
+from shared.training import evaluate_users, make_optimizer, train_epoch
 from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
-
-POPULARITY = "popularity"
-RANDOM = "random"
-
-
-def record_data_summary(
-    config: RunConfig, run_dir: RunDirectory, echo: Callable[[str], object] = print
-) -> DataSummary:
-    """Say what the run's data is (holdout rule, filters) and how popularity and a random
-    ranking score on its split; keep it as ``data.json`` in the run directory.
-
-    Any run that has the pooled split can call it (the ServerApp of a simulation too).
-    """
-    split = split_for(config)
-    summary = (
-        data_summary_for(config)
-        .with_baseline(POPULARITY, evaluate_popularity(split))
-        .with_baseline(RANDOM, {HR10: random_hit_ratio(config.eval_negatives)})
-    )
-    write_data_summary(run_dir.path, summary)
-    for line in summary.lines():
-        echo(f"[confide] {line}")
-    pop = summary.baselines[POPULARITY]
-    echo(
-        f"[confide] baselines on this split: popularity HR@10 {pop[HR10]:.4f} NDCG@10 "
-        f"{pop[NDCG10]:.4f} (full {pop[FULL_HR10]:.4f}/{pop[FULL_NDCG10]:.4f}); random HR@10 "
-        f"{summary.baselines[RANDOM][HR10]:.4f}"
-    )
-    return summary
 
 
 def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) -> RunDirectory:
@@ -70,7 +40,7 @@ def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) ->
         f"[confide] centralized {config.model} on {config.dataset}: {split.num_users} users, "
         f"{split.num_items} items, {split.num_train} training interactions -> {run_dir.path}"
     )
-    summary = record_data_summary(config, run_dir, echo)
+    summary = record_data_summary(config, run_dir.path, echo)
     users_data = [split.user_data(u) for u in range(split.num_users)]
     started = time.monotonic()
     for epoch in range(1, config.centralized_epochs + 1):
