@@ -39,6 +39,9 @@ class RunConfig:
     data_dir: str
     csv_delimiter: str  # dataset "csv" only; "auto" detects it
     csv_header: str  # dataset "csv" only: auto | yes | no
+    min_rating: float  # keep interactions rated at least this (0: all); needs a rating column
+    min_user_interactions: int  # k-core before the split: users with fewer are dropped
+    min_item_interactions: int  # ... and items with fewer, applied in turn until stable
     synthetic_users: int
     synthetic_items: int
     num_items: int
@@ -192,6 +195,7 @@ class RunConfig:
         if self.dataset != "synthetic" and not self.data_dir:
             raise ConfigError(f"dataset {self.dataset!r} needs data-dir: the path to its files")
         self._validate_csv()
+        self._validate_filters()
         try:
             layers = self.layers
         except ValueError:
@@ -234,6 +238,23 @@ class RunConfig:
             raise ConfigError(
                 f"csv-delimiter and csv-header apply to dataset 'csv' only; {self.dataset!r} "
                 f'has a fixed format: set both to "auto" or use dataset = "csv"'
+            )
+
+    def _validate_filters(self) -> None:
+        if self.min_user_interactions < 2:
+            raise ConfigError(
+                f"min-user-interactions must be at least 2, got {self.min_user_interactions}: "
+                "leave-one-out holds one interaction out and needs one to train on"
+            )
+        if self.min_item_interactions < 1:
+            raise ConfigError(
+                f"min-item-interactions must be at least 1, got {self.min_item_interactions} "
+                "(1 keeps every item)"
+            )
+        if not self.min_rating >= 0:  # also refuses NaN
+            raise ConfigError(
+                f"min-rating must be 0 (keep all) or more, got {self.min_rating!r}: interactions "
+                "rated below it are dropped before the split"
             )
 
     def _validate_privacy(self) -> None:

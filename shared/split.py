@@ -1,8 +1,13 @@
 """Leave-one-out split, evaluation negatives and training negatives (docs/design.md §5).
 
 Per-user randomness comes from :mod:`shared.streams` (seeded by ``(seed, purpose, user)``), so a
-user's negatives do not depend on any other user: a device can reproduce its own evaluation set
-from its own data alone.
+user's negatives and held-out item do not depend on any other user: a device can reproduce its
+own evaluation set from its own data alone.
+
+The held-out item is the user's latest interaction; when several share the latest timestamp (or
+the data has no timestamps, so all of them do) it is a seeded uniform draw among them. Any fixed
+rule instead (the largest item id, as before) makes the test set a biased slice of the catalogue
+on such data: a popularity ranking then scored below random.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from shared.data import DataSource, Interactions
-from shared.streams import eval_negatives_rng
+from shared.data import DataError, DataSource, Interactions
+from shared.data.summary import DataSummary
+from shared.streams import eval_negatives_rng, holdout_rng
 
 if TYPE_CHECKING:
     from shared.config import RunConfig
@@ -33,6 +39,8 @@ class LeaveOneOut:
     train_items: np.ndarray
     test_item: np.ndarray  # (num_users,)
     eval_negatives: np.ndarray  # (num_users, num_eval_negatives)
+    # users whose held-out item was drawn among >= 2 tied latest interactions
+    random_holdouts: int = 0
 
     def user_train_items(self, user: int) -> np.ndarray:
         return self.train_items[self.train_indptr[user] : self.train_indptr[user + 1]]
@@ -87,22 +95,39 @@ def sample_excluding(
 def leave_one_out(
     data: Interactions, *, num_eval_negatives: int = 99, seed: int = 0
 ) -> LeaveOneOut:
-    """Hold out each user's latest interaction (ties: the largest item id is latest).
+    """Hold out each user's latest interaction; among tied latest ones, a seeded uniform draw.
 
+    Without timestamps every interaction ties, so the draw is uniform over the user's items.
+    The draw comes from the user's own :func:`shared.streams.holdout_rng` and is taken only when
+    there is a tie, so data with a unique latest interaction per user splits as it always did.
     Users with fewer than two interactions have nothing to train on and are rejected.
     """
     order = np.lexsort((data.item, data.timestamp, data.user))
-    users, items = data.user[order], data.item[order]
+    users, items, stamps = data.user[order], data.item[order], data.timestamp[order]
     counts = np.bincount(users, minlength=data.num_users)
     if (counts < 2).any():
         bad = np.flatnonzero(counts < 2)
-        raise ValueError(
+        raise DataError(
             f"{len(bad)} users have fewer than 2 interactions (first: dense id {bad[0]}); "
-            "leave-one-out needs one to hold out and one to train on: filter them first"
+            "leave-one-out needs one to hold out and one to train on: set "
+            "min-user-interactions = 2 (or more) to drop them"
+        )
+    fewest_unseen = data.num_items - int(counts.max())
+    if fewest_unseen < num_eval_negatives:
+        raise DataError(
+            f"a user has interacted with {int(counts.max())} of the {data.num_items} items, "
+            f"leaving {fewest_unseen} to draw {num_eval_negatives} evaluation negatives from: "
+            f"set eval-negatives = {max(fewest_unseen, 0)} or fewer, or use a larger catalogue"
         )
     ends = np.cumsum(counts)
+    latest = stamps[ends - 1]  # rows are in (user, timestamp, item) order
+    tied = np.bincount(users[stamps == latest[users]], minlength=data.num_users)
+    test_at = ends - 1
+    for user in np.flatnonzero(tied > 1):
+        # the tied rows are the user's last `tied` rows, in item order: a uniform pick among them
+        test_at[user] = ends[user] - tied[user] + holdout_rng(seed, int(user)).integers(tied[user])
     is_test = np.zeros(len(items), dtype=bool)
-    is_test[ends - 1] = True
+    is_test[test_at] = True
     test_item = items[is_test]
     train_items = items[~is_test]
     train_indptr = np.concatenate([[0], np.cumsum(counts - 1)])
@@ -120,6 +145,7 @@ def leave_one_out(
         train_items=train_items,
         test_item=test_item,
         eval_negatives=negatives,
+        random_holdouts=int(np.count_nonzero(tied > 1)),
     )
 
 
@@ -151,13 +177,32 @@ def training_examples(
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_split(source: DataSource, eval_negatives: int) -> LeaveOneOut:
-    return leave_one_out(source.load(), num_eval_negatives=eval_negatives, seed=source.seed)
+def _cached_split(source: DataSource, eval_negatives: int) -> tuple[LeaveOneOut, DataSummary]:
+    """Keyed by every data key (the filters too: they are :class:`DataSource` fields)."""
+    data, report = source.prepare()
+    split = leave_one_out(data, num_eval_negatives=eval_negatives, seed=source.seed)
+    summary = DataSummary(
+        dataset=source.dataset,
+        data_dir=source.data_dir,
+        has_timestamps=data.has_timestamps,
+        has_ratings=data.rating is not None,
+        users=split.num_users,
+        items=split.num_items,
+        train_interactions=split.num_train,
+        random_holdouts=split.random_holdouts,
+        filters=report,
+    )
+    return split, summary
+
+
+def data_summary_for(config: RunConfig) -> DataSummary:
+    """What the run's data is and how it was split (for the log and the run directory)."""
+    return _cached_split(DataSource.of(config), config.eval_negatives)[1]
 
 
 def split_for(config: RunConfig) -> LeaveOneOut:
     """The run's split, loaded once per process (simulated clients share an actor process)."""
-    split = _cached_split(DataSource.of(config), config.eval_negatives)
+    split = _cached_split(DataSource.of(config), config.eval_negatives)[0]
     if config.num_items and config.num_items != split.num_items:
         from shared.config import ConfigError
 

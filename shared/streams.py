@@ -14,11 +14,12 @@ replay it. :func:`secret_seed` is the source for those.
 from __future__ import annotations
 
 import secrets
-from enum import IntEnum
+from enum import IntEnum, unique
 
 import numpy as np
 
 
+@unique  # two purposes sharing a number would silently share draws: refuse it at import
 class Stream(IntEnum):
     EVAL_NEGATIVES = 1  # a user's fixed evaluation negatives
     TRAIN_NEGATIVES = 2  # a user's training negatives, fresh every round and epoch
@@ -29,6 +30,7 @@ class Stream(IntEnum):
     AUDIT_ATTACK = 11  # the item-inference attack's random directions
     AUDIT_USERS = 12  # which users an item-inference audit looks at
     DP_LIMITS_COHORT = 13  # the cohort the noise-to-signal diagnostic measures
+    HOLDOUT = 14  # which of a user's tied latest interactions is held out (all tie: no timestamps)
 
 
 # A round's epochs get indices ``round * EPOCHS_PER_ROUND + epoch``; personalization (before
@@ -44,6 +46,16 @@ def generator(seed: int, stream: Stream, *ids: int) -> np.random.Generator:
 
 def eval_negatives_rng(seed: int, user: int) -> np.random.Generator:
     return generator(seed, Stream.EVAL_NEGATIVES, user)
+
+
+def holdout_rng(seed: int, user: int) -> np.random.Generator:
+    """Which of one user's tied latest interactions leave-one-out holds out.
+
+    The user enters as ``user + 1`` so the seed tuple never ends in a zero: NumPy drops trailing
+    zeros, and ``(seed, HOLDOUT, 0)`` would be the centralized baseline's epoch-14 shuffle
+    ``(seed, 14)`` (see :func:`centralized_shuffle_rng`).
+    """
+    return generator(seed, Stream.HOLDOUT, user + 1)
 
 
 def train_negatives_rng(

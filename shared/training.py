@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.metrics import full_ranking_metrics, sampled_metrics
+from shared.metrics import full_ranking_metrics, sampled_metrics, shared_score_metrics
 from shared.models import Recommender
-from shared.split import UserData
+from shared.split import LeaveOneOut, UserData
 from shared.wire import EVAL_METRICS, FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 
@@ -75,3 +75,26 @@ def evaluate_users(
     """Mean metrics over users (``users[i]`` is the model's row for ``data[i]``)."""
     rows = [evaluate_user(model, u, d, k) for u, d in zip(users, data, strict=True)]
     return {key: float(np.mean([r[key] for r in rows])) for key in EVAL_METRICS}
+
+
+def popularity_scores(split: LeaveOneOut) -> np.ndarray:
+    """Each item's number of training interactions: the ranking a model must beat."""
+    return np.bincount(split.train_items, minlength=split.num_items).astype(np.float64)
+
+
+def evaluate_popularity(split: LeaveOneOut, k: int = 10) -> dict[str, float]:
+    """Mean metrics of ranking every user's items by training popularity.
+
+    Evaluated with the models' protocol (the same held-out items, evaluation negatives, ties
+    against the true item, full ranking over unseen items), so it is a fair reference: a test
+    set that is a biased slice of the catalogue shows up as popularity scoring below random.
+    """
+    metrics = shared_score_metrics(
+        popularity_scores(split),
+        split.test_item,
+        split.eval_negatives,
+        split.train_indptr,
+        split.train_items,
+        k,
+    )
+    return {key: float(np.mean(m)) for key, m in zip(EVAL_METRICS, metrics, strict=True)}

@@ -1,14 +1,18 @@
 """The centralized baseline: the same model, split, negatives and metrics, on pooled data.
 
-It is the reference every federated number is compared with.
+It is the reference every federated number is compared with; the popularity ranking and a
+random ranking, on the same split and protocol, are the references it must itself clear (both
+are in the log and in the run directory's ``data.json``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
+from shared.baselines import POPULARITY, RANDOM, record_data_summary
 from shared.config import RunConfig
 from shared.models import build_model, global_arrays, global_names
 from shared.rundir import RunDirectory
@@ -18,7 +22,7 @@ from shared.training import evaluate_users, make_optimizer, train_epoch
 from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 
-def run_centralized(config: RunConfig, echo=print) -> RunDirectory:
+def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) -> RunDirectory:
     split = split_for(config)
     model = build_model(
         config.model,
@@ -36,6 +40,7 @@ def run_centralized(config: RunConfig, echo=print) -> RunDirectory:
         f"[confide] centralized {config.model} on {config.dataset}: {split.num_users} users, "
         f"{split.num_items} items, {split.num_train} training interactions -> {run_dir.path}"
     )
+    summary = record_data_summary(config, run_dir.path, echo)
     users_data = [split.user_data(u) for u in range(split.num_users)]
     started = time.monotonic()
     for epoch in range(1, config.centralized_epochs + 1):
@@ -70,6 +75,11 @@ def run_centralized(config: RunConfig, echo=print) -> RunDirectory:
         echo(progress(record, config.centralized_epochs))
     run_dir.save_model(global_names(model), global_arrays(model))
     run_dir.plot()
+    last = next(r for r in reversed(run_dir.records()) if HR10 in r)
+    echo(
+        f"[confide] HR@10: model {last[HR10]:.4f}, popularity "
+        f"{summary.baselines[POPULARITY][HR10]:.4f}, random {summary.baselines[RANDOM][HR10]:.4f}"
+    )
     return run_dir
 
 

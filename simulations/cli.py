@@ -1,6 +1,10 @@
 """The ``confide`` command: ``simulate`` (Flower simulation), ``centralized`` (baseline),
 ``report`` (privacy-budget report of a run directory), ``certs`` (deployment credentials) and
-``audit item-inference`` (what a curious server learns about a user's items)."""
+``audit item-inference`` (what a curious server learns about a user's items).
+
+A user-facing error (a bad file, a bad config value, a bad checkpoint, a tool that would not
+start) ends the command with one or two lines that name the problem and the fix, and exit code
+2; ``--debug`` shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -15,6 +19,42 @@ from simulations.configs import shipped
 # Each command imports what it needs when it runs.
 if TYPE_CHECKING:
     from shared.config import RunConfig
+
+
+# What a user can cause and fix: every error our own code raises for bad input is one of these
+# (ConfigError, DataFormatError and DataError are ValueErrors; FileNotFoundError is an OSError;
+# RuntimeError: a Flower process that would not start). Anything else is a bug: a traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+DEBUG_HINT = "confide: rerun with --debug for the traceback"
+
+
+def add_debug_arg(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--debug`` before or after the command name (a subcommand's must not reset the top's)."""
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="on an error, show the Python traceback instead of the one-line message",
+    )
+
+
+def error_lines(err: BaseException) -> list[str]:
+    """The one or two lines a user sees for an error: what went wrong and what to do.
+
+    Errors Confide raises for bad input already say the fix: one line. Others (an OS error, a
+    library's ValueError) get a second line pointing at ``--debug``.
+    """
+    from shared.config import ConfigError
+    from shared.data import DataError, DataFormatError
+
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, ConfigError):
+        return [f"confide: config error: {message}"]
+    if isinstance(err, (DataFormatError, DataError)):
+        return [f"confide: data error: {message}"]
+    if isinstance(err, FileNotFoundError):
+        return [f"confide: file not found: {message}"]
+    return [f"confide: error: {message}", DEBUG_HINT]
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +77,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="confide", description=__doc__)
+    add_debug_arg(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True)
     simulate = commands.add_parser("simulate", help="federated simulation on Flower's Ray backend")
     add_config_args(simulate)
@@ -69,7 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(inference)
     inference.add_argument("--cohorts", default="10,100", help="SecAgg+ cohort sizes to audit")
     inference.add_argument("--users", type=int, default=0, help="audit only N users (0: all)")
+    for sub in (simulate, centralized, report, certs, inference):
+        add_debug_arg(sub)
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        for line in error_lines(err):
+            print(line, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("confide: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Dispatch a parsed command line (errors are :func:`main`'s to report)."""
     if args.command == "audit":
         return _audit(args)
     if args.command == "certs":
@@ -79,20 +139,19 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(args.run_dir)
 
-    from shared.config import ConfigError
-
-    try:
-        config, changed = _resolve(args)
-    except (ConfigError, OSError) as err:
-        print(f"confide: config error: {err}", file=sys.stderr)
-        return 2
+    config, changed = _resolve(args)
     if args.command == "centralized":
         from simulations.centralized import run_centralized
 
         run_centralized(config)
         return 0
+    from shared.split import data_summary_for
     from simulations.simulate import run_simulation
 
+    # The data is loaded here first (the split is cached for the run): a bad file fails before
+    # Flower starts, and the log says how the held-out items were chosen and what was dropped.
+    for line in data_summary_for(config).lines():
+        print(f"[confide] {line}")
     return run_simulation(config, changed, supernodes=args.supernodes)
 
 

@@ -3,12 +3,12 @@
 One module per idea: :mod:`~shared.data.interactions` (the container every source ends in),
 :mod:`~shared.data.reading` (rows out of a text file, the reference parser, its error),
 :mod:`~shared.data.movielens` and :mod:`~shared.data.delimited` (the file formats),
-:mod:`~shared.data.sniff` (guessing a delimited file's layout) and :mod:`~shared.data.generator`
-(synthetic data). This module names the datasets a config may pick and loads one by name;
-:class:`DataSource` is the part of a run's config that selects its interactions, so a new data
-key is one field there and reaches every caller. Filters that drop rows (a k-core, a minimum
-rating) would be a module of their own, taking and returning :class:`Interactions`, applied in
-:meth:`DataSource.load` before :mod:`shared.split` holds out each user's latest interaction.
+:mod:`~shared.data.sniff` (guessing a delimited file's layout), :mod:`~shared.data.generator`
+(synthetic data), :mod:`~shared.data.filters` (minimum rating and k-core, before the split) and
+:mod:`~shared.data.summary` (what the data was, for the log and ``data.json``). This module
+names the datasets a config may pick and loads one by name; :class:`DataSource` is the part of a
+run's config that selects its interactions, so a new data key is one field there and reaches
+every caller (and the split's cache key).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from shared.data.delimited import AUTO, CSV_FORMAT, CSV_HEADERS, csv_options, load_csv
+from shared.data.filters import DataError, FilterReport, filter_interactions
 from shared.data.generator import synthetic
 from shared.data.interactions import Interactions, from_arrays
 from shared.data.movielens import (
@@ -38,14 +39,17 @@ __all__ = [
     "CSV_FORMAT",
     "CSV_HEADERS",
     "DATASETS",
+    "DataError",
     "DataFormatError",
     "DataSource",
+    "FilterReport",
     "Interactions",
     "ML100K_FORMAT",
     "ML_CSV_FORMAT",
     "ML_DAT_FORMAT",
     "csv_options",
     "dataset_for",
+    "filter_interactions",
     "from_arrays",
     "load_csv",
     "load_dataset",
@@ -113,12 +117,28 @@ class DataSource:
     synthetic_items: int
     csv_delimiter: str
     csv_header: str
+    min_rating: float
+    min_user_interactions: int
+    min_item_interactions: int
 
     @classmethod
     def of(cls, config: RunConfig) -> DataSource:
         return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
 
     def load(self) -> Interactions:
+        """The run's interactions, filtered (what every user of the data must see)."""
+        return self.prepare()[0]
+
+    def prepare(self) -> tuple[Interactions, FilterReport]:
+        """The filtered interactions and what the filters dropped."""
+        return filter_interactions(
+            self.load_unfiltered(),
+            min_rating=self.min_rating,
+            min_user=self.min_user_interactions,
+            min_item=self.min_item_interactions,
+        )
+
+    def load_unfiltered(self) -> Interactions:
         return load_dataset(
             self.dataset,
             self.data_dir or None,
@@ -131,5 +151,5 @@ class DataSource:
 
 
 def dataset_for(config: RunConfig) -> Interactions:
-    """The interactions a run's config selects (every data key reaches the loader here)."""
+    """The interactions a run's config selects, filtered (every data key reaches them here)."""
     return DataSource.of(config).load()

@@ -80,9 +80,10 @@ def load_csv(
     character, or None to detect it from the first lines. ``header``: None detects it (known
     column names such as ``userId``/``item_id``/``rating``, or non-numeric values where numbers
     follow). With a recognisable header, columns are picked by name (so extra columns are fine);
-    otherwise they are positional: 2 fields = user,item; 3 = user,item,rating;
-    4 = user,item,rating,timestamp. Ids may be strings; they are integers only when every id in
-    the column is an integer. Timestamps must be numeric (fractions are floored). ``path`` may
+    otherwise they are positional: 2 fields = user,item; 3 = user,item,rating (or a count:
+    plays, clicks); 4 = user,item,rating,timestamp. Every row is a positive whatever its rating
+    (``min-rating`` filters on it later). Ids may be strings; they are integers only when every
+    id in the column is an integer. Timestamps must be numeric (fractions are floored). ``path`` may
     also be a directory holding exactly one .csv/.tsv file.
     """
     f = _resolve_csv(path)
@@ -132,7 +133,7 @@ def load_csv(
     fast = _load_csv_fast(text, delim, cols, body, data_rows)
     if fast is not None:
         return fast
-    users, items, ts = parse_rows(
+    users, items, ts, ratings = parse_rows(
         f,
         rows(body),
         cols,
@@ -142,7 +143,7 @@ def load_csv(
         delimiter_name=delimiter_name,
         end_line=len(lines) + 1,
     )
-    return from_arrays(users, items, ts)
+    return from_arrays(users, items, ts, ratings)
 
 
 def _take(it: Iterator[Row], n: int) -> list[Row]:
@@ -188,8 +189,9 @@ def _load_csv_fast(
     arr = fast_loadtxt(io.StringIO(text), delimiter=delim, dtype=dtype, skiprows=body, **kwargs)
     if arr is None:
         return None
+    ratings = None if cols.rating is None else arr["r"]
     if cols.timestamp is None:
-        ts = np.zeros(arr.shape[0], dtype=np.int64)
+        ts = None
     elif ts_int:
         ts = arr["t"]
     else:
@@ -197,4 +199,4 @@ def _load_csv_fast(
         if not np.all(np.isfinite(t)) or np.abs(t).max() >= 2**53:
             return None  # let the exact slow path decide
         ts = np.floor(t).astype(np.int64)
-    return from_arrays(arr["u"], arr["i"], ts)
+    return from_arrays(arr["u"], arr["i"], ts, ratings)

@@ -6,6 +6,11 @@ Raw ids are remapped to dense ids ``0..n-1`` in sorted order of the raw ids, dup
 so the same input always yields the same arrays. Every file loader ends in :func:`from_arrays`,
 so these rules hold whatever the format (the synthetic generator builds arrays that already
 follow them).
+
+Two facts about the source travel with the arrays because later steps depend on them: whether
+it had timestamps at all (without them leave-one-out cannot hold out "the latest" item and draws
+one at random, and the run says so), and its rating or count column, if any (``min-rating``
+filters on it). A duplicate (user, item) pair keeps its largest rating, whatever the row order.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ class Interactions:
     num_items: int
     raw_user_ids: np.ndarray  # dense id -> original id (int64 if all ids are integers, else str)
     raw_item_ids: np.ndarray
+    # float64 rating, play or click count per row; None where the source has no such column
+    rating: np.ndarray | None = None
+    # False where the source has no timestamps (``timestamp`` is then all 0: every item ties)
+    has_timestamps: bool = True
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
@@ -83,8 +92,11 @@ def _build(
     timestamp: np.ndarray,
     raw_user_ids: np.ndarray,
     raw_item_ids: np.ndarray,
+    rating: np.ndarray | None = None,
+    has_timestamps: bool = True,
 ) -> Interactions:
-    """Merge duplicate (user, item) pairs (latest timestamp wins) and sort by (user, ts, item)."""
+    """Merge duplicate (user, item) pairs (latest timestamp and largest rating win) and sort by
+    (user, ts, item)."""
     num_users, num_items = int(raw_user_ids.size), int(raw_item_ids.size)
     if user.size:
         key = user * num_items + item
@@ -92,8 +104,10 @@ def _build(
         key_sorted = key[order]
         starts = np.flatnonzero(np.r_[True, key_sorted[1:] != key_sorted[:-1]])
         user, item, ts_sorted = user[order], item[order], timestamp[order]
+        rating = None if rating is None else rating[order]
         if starts.size != key.size:
             timestamp = np.maximum.reduceat(ts_sorted, starts)
+            rating = None if rating is None else np.maximum.reduceat(rating, starts)
             user, item = user[starts], item[starts]
         else:
             timestamp = ts_sorted
@@ -106,6 +120,7 @@ def _build(
         else:
             order = np.lexsort((item, timestamp, user))
         user, item, timestamp = user[order], item[order], timestamp[order]
+        rating = None if rating is None else rating[order]
     return Interactions(
         user=np.ascontiguousarray(user, dtype=np.int64),
         item=np.ascontiguousarray(item, dtype=np.int64),
@@ -114,6 +129,8 @@ def _build(
         num_items=num_items,
         raw_user_ids=raw_user_ids,
         raw_item_ids=raw_item_ids,
+        rating=None if rating is None else np.ascontiguousarray(rating, dtype=np.float64),
+        has_timestamps=has_timestamps,
     )
 
 
@@ -121,11 +138,13 @@ def from_arrays(
     users: Sequence[object] | np.ndarray,
     items: Sequence[object] | np.ndarray,
     timestamps: Sequence[float] | np.ndarray | None = None,
+    ratings: Sequence[float] | np.ndarray | None = None,
 ) -> Interactions:
     """Build :class:`Interactions` from raw ids (ints or strings), remapping them to dense ids.
 
     Integer ids (or integral floats) keep numeric order; anything else is treated as strings and
-    ordered lexicographically. Missing timestamps become 0.
+    ordered lexicographically. Missing timestamps become 0 (and ``has_timestamps`` False);
+    ``ratings`` (ratings, play or click counts) are kept for filters, None when there are none.
     """
     raw_u = _as_id_array(users, "user")
     raw_i = _as_id_array(items, "item")
@@ -142,6 +161,35 @@ def from_arrays(
                 raise ValueError("timestamps contain NaN or infinity")
             ts_arr = np.floor(ts_arr)
         ts = ts_arr.astype(np.int64)
+    rating = None
+    if ratings is not None:
+        rating = np.asarray(ratings, dtype=np.float64).reshape(-1)
+        if rating.size != raw_u.size:
+            raise ValueError(f"ratings length {rating.size} != interactions {raw_u.size}")
     user, uniq_u = _remap(raw_u)
     item, uniq_i = _remap(raw_i)
-    return _build(user, item, ts, uniq_u, uniq_i)
+    return _build(user, item, ts, uniq_u, uniq_i, rating, timestamps is not None)
+
+
+def subset(data: Interactions, keep: np.ndarray) -> Interactions:
+    """The rows where ``keep`` is True, with ids re-densified over the users and items left.
+
+    Rows stay in (user, timestamp, item) order: dense ids are renumbered in their old order.
+    """
+    users_left = np.unique(data.user[keep])
+    items_left = np.unique(data.item[keep])
+    user_map = np.full(data.num_users, -1, dtype=np.int64)
+    user_map[users_left] = np.arange(users_left.size)
+    item_map = np.full(data.num_items, -1, dtype=np.int64)
+    item_map[items_left] = np.arange(items_left.size)
+    return Interactions(
+        user=user_map[data.user[keep]],
+        item=item_map[data.item[keep]],
+        timestamp=data.timestamp[keep],
+        num_users=int(users_left.size),
+        num_items=int(items_left.size),
+        raw_user_ids=data.raw_user_ids[users_left],
+        raw_item_ids=data.raw_item_ids[items_left],
+        rating=None if data.rating is None else data.rating[keep],
+        has_timestamps=data.has_timestamps,
+    )

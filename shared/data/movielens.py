@@ -119,7 +119,7 @@ def _integer_rows(
 ) -> Interactions:
     """The line-by-line path every MovieLens format falls back to: integer ids and timestamps."""
     lines = split_lines(read_text(f))
-    users, items, ts = parse_rows(
+    users, items, ts, ratings = parse_rows(
         f,
         split_rows(lines, delimiter, start=start),
         cols,
@@ -129,4 +129,4 @@ def _integer_rows(
         delimiter_name=delimiter_name,
         end_line=len(lines) + 1,
     )
-    return from_arrays(users, items, ts)
+    return from_arrays(users, items, ts, ratings)

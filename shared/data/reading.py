@@ -157,12 +157,13 @@ def parse_rows(
     expected: str,
     delimiter_name: str,
     end_line: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Line-by-line reference parser: returns raw (users, items, timestamps) or raises at the
-    first bad line."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Line-by-line reference parser: returns raw (users, items, timestamps, ratings) or raises
+    at the first bad line; timestamps / ratings are None where ``cols`` has no such column."""
     users: list[str] = []
     items: list[str] = []
     times: list[int] = []
+    ratings: list[float] = []
 
     def fail(line_no: int, line: str, problem: str) -> DataFormatError:
         return DataFormatError(path, line_no, problem, line, expected)
@@ -184,6 +185,7 @@ def parse_rows(
             value = fields[cols.rating].strip()
             if not is_number(value):
                 raise fail(line_no, line, f"rating {value!r} is not a number")
+            ratings.append(float(value))
         ts = 0
         if cols.timestamp is not None:
             value = fields[cols.timestamp].strip()
@@ -197,7 +199,9 @@ def parse_rows(
         times.append(ts)
     if not users:
         raise fail(end_line, "", "no data rows (file is empty or has only a header)")
-    return ids_from_strings(users), ids_from_strings(items), np.asarray(times, dtype=np.int64)
+    ts_arr = None if cols.timestamp is None else np.asarray(times, dtype=np.int64)
+    rating_arr = None if cols.rating is None else np.asarray(ratings, dtype=np.float64)
+    return ids_from_strings(users), ids_from_strings(items), ts_arr, rating_arr
 
 
 def parse_timestamp(value: str, *, integer_only: bool) -> int | None:
@@ -224,7 +228,7 @@ def ids_from_strings(values: list[str]) -> np.ndarray:
 
 
 def from_struct(arr: np.ndarray) -> Interactions:
-    return from_arrays(arr["u"], arr["i"], arr["t"])
+    return from_arrays(arr["u"], arr["i"], arr["t"], arr["r"])
 
 
 def first_content_line(lines: Sequence[str]) -> int | None:

@@ -16,9 +16,13 @@ from shared.data.reading import INT_RE, Columns, is_number
 _USER_NAMES = frozenset({"user", "userid", "uid", "users", "customer", "customerid", "reviewerid"})
 _ITEM_NAMES = frozenset(
     "item itemid iid items movie movieid product productid asin track trackid song songid "
-    "book bookid isbn article articleid".split()
+    "book bookid isbn article articleid artist artistid".split()
 )
-_RATING_NAMES = frozenset({"rating", "ratings", "score", "stars", "overall", "value", "weight"})
+# A count of plays or clicks is implicit feedback like a rating: the same column.
+_RATING_NAMES = frozenset(
+    "rating ratings score stars overall value weight count counts plays playcount clicks "
+    "listens listencount".split()
+)
 _TIME_NAMES = frozenset({"timestamp", "time", "ts", "unixtime", "unixreviewtime", "datetime"})
 _ALL_NAMES = _USER_NAMES | _ITEM_NAMES | _RATING_NAMES | _TIME_NAMES
 

@@ -81,10 +81,11 @@ def test_load_dataset_passes_csv_options(tmp_path: Path) -> None:
 
 
 def test_config_keys_reach_the_csv_loader(tmp_path: Path) -> None:
+    # Before the filters (every user here has one interaction: min-user-interactions drops all).
     path = str(write(tmp_path, "r.txt", AMBIGUOUS))
-    assert len(dataset_for(small_config(dataset="csv", data_dir=path))) == 2
+    assert len(DataSource.of(small_config(dataset="csv", data_dir=path)).load_unfiltered()) == 2
     config = small_config(dataset="csv", data_dir=path, csv_delimiter=";", csv_header="no")
-    assert len(dataset_for(config)) == 3
+    assert len(DataSource.of(config).load_unfiltered()) == 3
 
 
 def test_data_source_is_the_configs_data_keys() -> None:
@@ -98,6 +99,9 @@ def test_data_source_is_the_configs_data_keys() -> None:
         "synthetic_items": 200,
         "csv_delimiter": "auto",
         "csv_header": "auto",
+        "min_rating": 0.0,
+        "min_user_interactions": 2,
+        "min_item_interactions": 1,
     }
     assert hash(source) == hash(DataSource.of(small_config(seed=4, learning_rate=0.5)))
     ref = synthetic(30, 200, 4)

@@ -96,3 +96,26 @@ def test_load_movielens_csv_reordered_and_extra_columns(tmp_path: Path) -> None:
     )
     same_order = write(tmp_path, "r2.csv", "\ntimestamp,rating,movieId,userId\n5,1.0,30,7\n")
     assert load_movielens_csv(same_order).timestamp.tolist() == [5]
+
+
+def test_count_column_and_missing_timestamps_are_kept() -> None:
+    data = load_csv(FIXTURES / "plays.tsv")
+    assert not data.has_timestamps and data.timestamp.tolist() == [0] * len(data)
+    assert data.rating is not None and data.rating.dtype.name == "float64"
+    first = data.user == 0  # u01: 102 -> 50 plays, 106 -> 54, 108 -> 8, ...
+    assert data.raw_user_ids[0] == "u01"
+    assert data.raw_item_ids[data.item[first][:3]].tolist() == [102, 106, 108]
+    assert data.rating[first][:3].tolist() == [50.0, 54.0, 8.0]
+
+
+def test_ratings_and_timestamps_facts_per_loader(tmp_path: Path) -> None:
+    # duplicates keep the latest timestamp and the largest rating, whatever the row order
+    data = from_arrays([1, 1, 1], [7, 7, 8], [5, 3, 4], ratings=[2, 4, 1])
+    assert data.has_timestamps and data.rating.tolist() == [1.0, 4.0]
+    assert load_ml_dat(FIXTURES / "ml1m").has_timestamps
+    assert from_arrays([1], [2]).rating is None and not from_arrays([1], [2]).has_timestamps
+    # the slow (line-by-line) path keeps them too: a quoted string id sends it there
+    slow = load_csv(write(tmp_path, "q.csv", '"a,1",x,3\nb,y,2.5\n'))
+    assert slow.rating.tolist() == [3.0, 2.5] and not slow.has_timestamps
+    two = load_csv(write(tmp_path, "two.csv", "1,2\n1,3\n"))
+    assert two.rating is None and not two.has_timestamps
