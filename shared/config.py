@@ -101,6 +101,8 @@ class RunConfig:
     test_secagg_fault: str  # TEST ONLY: fault injection (see shared.secagg.parse_fault)
     # output
     out_dir: str
+    # checkpoint and resume: a run directory (or its checkpoint file) to continue; "" starts anew
+    resume_from: str
 
     def local_learning_rate(self, server_round: int) -> float:
         """The devices' learning rate in a round: decays geometrically from round 1 to the floor."""
@@ -361,8 +363,8 @@ def resolve_config(
     """Defaults <- config file <- ``--set`` overrides <- ``--out``, validated once.
 
     Returns the config and the values that differ from the defaults (what ``flwr run`` must be
-    told). Relative paths (data-dir, out-dir) are made absolute against the current directory,
-    since the simulation's processes do not run here.
+    told). Relative paths (data-dir, out-dir, resume-from) are made absolute against the current
+    directory, since the simulation's processes do not run here.
     """
     defaults = default_values()
     values = dict(defaults)
@@ -373,7 +375,7 @@ def resolve_config(
         values[key] = value
     if out:
         values["out-dir"] = out
-    for key in ("data-dir", "out-dir"):
+    for key in ("data-dir", "out-dir", "resume-from"):
         if isinstance(values.get(key), str) and values[key]:
             values[key] = str(Path(values[key]).expanduser().resolve())
     config = RunConfig.from_mapping(values)

@@ -23,7 +23,7 @@ def _names(tmp_path, **changes):
 
 
 def test_the_app_lists_every_step_in_order(tmp_path):
-    tail = ["ServerOptimizer", "RoundRecorder", "PrivacyLedger"]
+    tail = ["ServerOptimizer", "RoundRecorder", "PrivacyLedger", "Checkpointer"]
     assert _names(tmp_path) == (
         "CountSampler",
         ["ReplyValidation", "DeviceReports", "PlaintextSum", "MeanOfTrained", *tail],
