@@ -16,12 +16,14 @@ from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 
 from server.checkpoint import Checkpoint, Checkpointer, load_for_resume
+from server.deadline import TimedGrid
 from server.optimizers import ModelState
 from server.pipeline import Pipeline
 from server.sampling import CountSampler, PoissonSampler, Sampler
 from server.secagg import GuardedSecAggPlusWorkflow
 from server.steps import (
     DeviceReports,
+    EnoughReplies,
     MeanOfTrained,
     PlaintextSum,
     PrivacyLedger,
@@ -74,6 +76,7 @@ def build_round(
         *([ReplyValidation(validator, model)] if plaintext else []),
         reports,
         *([ServerClip(config.dp_user_clip_norm)] if config.dp_user and plaintext else []),
+        *([EnoughReplies(config.min_fit_clients)] if plaintext else []),  # else: skip the round
         PlaintextSum(model, uniform=uniform) if plaintext else SecAggSum(plan, model),
         UserLevelNoise(config, user) if config.dp_user else MeanOfTrained(),  # who adds noise
         optimizer,
@@ -121,7 +124,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     plan = config.secagg_plan()
     fit_workflow = None if plan is None else GuardedSecAggPlusWorkflow(plan, strategy.secagg_stage)
-    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+    # Flower's workflow waits for replies without a timeout: every wait gets round-timeout.
+    DefaultWorkflow(fit_workflow=fit_workflow)(TimedGrid(grid, config.round_timeout), legacy)
 
     run_dir.save_model(names, state.arrays)  # the server optimizer's model: the only copy
     run_dir.plot()

@@ -37,7 +37,8 @@ from shared.split import catalog_size
 
 FORMAT = 1  # the layout of the file below; bumped when it changes
 # What a resume may change: how long the run is and how often it evaluates, not what it computes.
-RESUMABLE = ("num-server-rounds", "eval-every", "eval-clients", "out-dir", "resume-from")
+RESUMABLE = ("num-server-rounds", "eval-every", "eval-clients", "round-timeout")
+PLACES = ("out-dir", "resume-from")  # where the run is, not what it computes
 _MOMENTS = ("velocity", "first_moment", "second_moment")
 
 
@@ -181,12 +182,12 @@ def check_resumable(
             f"{where} holds a model of other shapes ({', '.join(diffs)}; config changed: "
             f"{listed or 'none'}): resume with the run's own config, or start a new run"
         )
-    refused = {k: v for k, v in changed.items() if k not in RESUMABLE}
+    refused = {k: v for k, v in changed.items() if k not in RESUMABLE + PLACES}
     if refused:
         keys = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in sorted(refused.items()))
         raise CheckpointError(
             f"{where}: the config changed since the checkpoint ({keys}); a resume may change "
-            f"only {', '.join(RESUMABLE[:3])}: drop those changes, or start a new run"
+            f"only {', '.join(RESUMABLE)}: drop those changes, or start a new run"
         )
     if "num-server-rounds" in changed and config.dp_user and config.dp_user_target_epsilon:
         raise CheckpointError(

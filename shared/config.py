@@ -61,6 +61,7 @@ class RunConfig:
     server_adam_tau: float
     max_num_examples: int
     max_update_norm: float
+    round_timeout: float  # seconds the server waits for a round's replies (fit, evaluate)
     # local training
     local_epochs: int
     batch_size: int
@@ -300,6 +301,7 @@ _POSITIVE = (
     *("learning_rate", "centralized_learning_rate", "server_learning_rate"),
     *("personalize_learning_rate", "max_update_norm", "server_adam_tau"),
     *("dp_max_grad_norm", "dp_user_clip_norm", "secagg_timeout", "secagg_update_bound"),
+    "round_timeout",
 )
 
 
