@@ -1,14 +1,16 @@
 """ClientApp: Flower glue (legacy NumPyClient route, SecAgg+-capable) over the device modules.
 
-One supernode is one user: in simulation ``partition-id`` = dense user index and the state lives
-in Flower's node state; deployed, the node config names the device's encrypted store
-(:mod:`client.store_adapter`), which keeps the state between runs. A round is
-:mod:`client.training_round`; what its reply may reveal is :mod:`client.reply`.
+One supernode is one user: in simulation ``partition-id`` = dense user index and the state lives in
+the run directory (:class:`client.state.FileState`; Flower's node state without one); deployed, the
+node config names the device's encrypted store (:mod:`client.store_adapter`), which keeps the state
+between runs. A round is :mod:`client.training_round`; what its reply may reveal is
+:mod:`client.reply`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from flwr.app import Context
@@ -18,9 +20,10 @@ from client import training_round
 from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
 from client.policy import DevicePolicy
 from client.reply import shape_evaluate_reply, shape_fit_reply
-from client.state import ContextState, DeviceState
+from client.state import ContextState, DeviceState, FileState
 from client.store_adapter import STORE_PATH, StoreRun, uses_store
 from shared.config import RunConfig
+from shared.records import DEVICES_DIR
 from shared.split import UserData, split_for
 from shared.wire import SERVER_ROUND
 
@@ -40,24 +43,33 @@ class DeviceClient(NumPyClient):
         self.user_id = user_id
         self.state = state
 
+    def state_at(self, server_round: int) -> DeviceState:
+        """The state as round ``server_round`` must see it (a :class:`FileState` keeps versions
+        by round, so a round rerun after a resume starts where its first attempt did)."""
+        at_round = getattr(self.state, "at_round", None)
+        return self.state if at_round is None else at_round(server_round)
+
     def fit(self, parameters, config):
+        server_round = int(config[SERVER_ROUND])
+        state = self.state_at(server_round)
         result = training_round.train(
             self.run_config,
             self.data,
             self.user_id,
-            int(config[SERVER_ROUND]),
+            server_round,
             parameters,
-            self.state.private_embedding(),
-            self.state.privacy_history(),
+            state.private_embedding(),
+            state.privacy_history(),
             self.policy,
         )
-        self.state.save_fit(result, parameters)
+        state.save_fit(result, parameters)
         weight, metrics = shape_fit_reply(self.run_config, result)
         return result.global_arrays, weight, metrics
 
     def evaluate(self, parameters, config):
+        state = self.state_at(int(config[SERVER_ROUND]) + 1)  # after this round's fit
         loss, metrics = training_round.evaluate(
-            self.run_config, self.data, self.user_id, parameters, self.state.private_embedding()
+            self.run_config, self.data, self.user_id, parameters, state.private_embedding()
         )
         self.state.save_model(parameters)  # the latest global model, for recommending
         return shape_evaluate_reply(loss, metrics)
@@ -72,7 +84,18 @@ def client_fn(context: Context):
         run = StoreRun.open(config, context.node_config, context.run_id, context.state)
         return DeviceClient(config, run.data, run.user_id, run.state, policy).to_client()
     user_id, data = simulated_user(config, context.node_config)
-    return DeviceClient(config, data, user_id, ContextState(context.state), policy).to_client()
+    return DeviceClient(
+        config, data, user_id, simulated_state(config, context, user_id), policy
+    ).to_client()
+
+
+def simulated_state(config: RunConfig, context: Context, user_id: int) -> DeviceState:
+    """A simulated device's state: its own file in the run directory, so that a resumed
+    simulation continues it (docs/design.md §6); in Flower's node state when the run has no
+    directory the devices can see (``out-dir`` unset: ``flwr run .`` without confide)."""
+    if config.out_dir:
+        return FileState(Path(config.out_dir) / DEVICES_DIR / f"user-{user_id}.npz")
+    return ContextState(context.state)
 
 
 def simulated_user(config: RunConfig, node_config: Mapping[str, object]) -> tuple[int, UserData]:

@@ -7,17 +7,21 @@ A device's state is two things the server must never see, and the model it was l
 - the global model it last received (a deployed device recommends with it).
 
 :class:`DeviceState` is that interface. :class:`ContextState` keeps it in Flower's node state
-(``context.state``), which lives as long as the node's run: enough in simulation. The deployed
+(``context.state``), which lives as long as the node's run. The deployed
 device keeps it in its encrypted store instead (:class:`client.store_adapter.StoreState`), so it
-survives new processes, new runs and server restarts. The training code sees only the interface,
-so a cohort engine (one node training many users) can give each user its own state: one
-``ContextState`` per user with its own record names, or one store each.
+survives new processes, new runs and server restarts. A simulated device keeps it in its own file
+under the run directory (:class:`FileState`), so that a resumed simulation (a new Flower run, with a
+new ``context.state``) continues each device's embedding and accountant. The training code sees only
+the interface, so a cohort engine (one node training many users) can give each user its own state:
+one ``ContextState`` per user with its own record names, or one store each.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +29,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from client.training_round import TrainResult
 from shared.privacy import PrivacyHistory
+from shared.rundir import atomic_save_npz
 
 PRIVATE_RECORD = "confide.private-embedding"
 HISTORY_RECORD = "confide.privacy-history"  # the device's DP-SGD accountant, whole run
@@ -97,3 +102,75 @@ class ContextState:
             self.records.array_records[name] = ArrayRecord(
                 array_dict={k: Array(v) for k, v in arrays.items()}
             )
+
+
+@dataclass(frozen=True)
+class FileState:
+    """:class:`DeviceState` of a SIMULATED device, in its own file ``RUN_DIR/devices/user-N.npz``.
+
+    Simulated devices run on the simulation host, so their state may live in the run directory;
+    the server code never reads these files (it sees only replies). Flower's ``context.state``
+    would not survive a resume (a new Flower run), and a device restarting from a fresh embedding
+    and an empty accountant would report an ε that restarted from 0.
+
+    Each write is atomic, and the version before it is kept (``.prev``): a run that stopped in
+    the middle of round r may have devices that already saved round r, and the resumed run trains
+    round r again. :meth:`at_round` reads the newest version saved in a round before r, so a rerun
+    round starts where the first attempt did (its ε is not counted twice).
+    """
+
+    path: Path
+    before_round: int | None = None  # None: the newest version
+
+    def at_round(self, server_round: int) -> FileState:
+        """This state as a round ``server_round`` must see it: saved in rounds before it."""
+        return replace(self, before_round=server_round)
+
+    @property
+    def previous(self) -> Path:
+        return self.path.with_name(self.path.stem + ".prev.npz")
+
+    def private_embedding(self) -> dict[str, np.ndarray] | None:
+        arrays = self._version()
+        if arrays is None:
+            return None
+        return {
+            k.removeprefix("private/"): v for k, v in arrays.items() if k.startswith("private/")
+        }
+
+    def privacy_history(self) -> PrivacyHistory:
+        arrays = self._version()
+        if arrays is None or "history" not in arrays:
+            return PrivacyHistory()
+        return PrivacyHistory.from_array(arrays["history"])
+
+    def save_fit(self, result: TrainResult, sent_model: Sequence[np.ndarray]) -> None:
+        if self.before_round is None:
+            raise ValueError("FileState.save_fit needs the round: call at_round(server_round)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        current = _read(self.path)
+        if current is not None and int(current["round"]) < self.before_round:
+            os.replace(self.path, self.previous)  # the state this round started from
+        arrays = {f"private/{k}": v for k, v in result.private.items()}
+        arrays |= {"round": np.array(self.before_round), "history": result.history.to_array()}
+        atomic_save_npz(self.path, arrays)
+
+    def save_model(self, sent_model: Sequence[np.ndarray]) -> None:
+        pass  # arrives with every round: nothing to keep
+
+    def _version(self) -> dict[str, np.ndarray] | None:
+        for path in (self.path, self.previous):
+            arrays = _read(path)
+            if arrays is not None and (
+                self.before_round is None or int(arrays["round"]) < self.before_round
+            ):
+                return arrays
+        return None
+
+
+def _read(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        return None

@@ -15,12 +15,15 @@ from flwr.common import log
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 
+from server.checkpoint import Checkpoint, Checkpointer, load_for_resume
+from server.deadline import TimedGrid
 from server.optimizers import ModelState
 from server.pipeline import Pipeline
 from server.sampling import CountSampler, PoissonSampler, Sampler
 from server.secagg import GuardedSecAggPlusWorkflow
 from server.steps import (
     DeviceReports,
+    EnoughReplies,
     MeanOfTrained,
     PlaintextSum,
     PrivacyLedger,
@@ -36,6 +39,7 @@ from server.user_dp import UserDPState
 from server.validation import ReplyValidator
 from shared.config import RunConfig
 from shared.models import global_arrays, global_names
+from shared.records import CHECKPOINT_FILE
 from shared.rundir import RunDirectory
 from shared.split import catalog_size
 
@@ -66,15 +70,22 @@ def build_round(
     # A device's weight must not depend on its data under user-level DP; item-sum is uniform.
     uniform = config.dp_user or config.strategy == "itemsum"
     plaintext = plan is None  # under SecAgg+ the server never sees a single update
+    reports = DeviceReports(config)  # interaction-level ε / σ the devices report, for the ledger
+    optimizer = ServerOptimizer(config.strategy, model, names, config)  # owns the global model
     steps = [
         *([ReplyValidation(validator, model)] if plaintext else []),
-        DeviceReports(config),  # interaction-level ε / σ the devices report, for the ledger
+        reports,
         *([ServerClip(config.dp_user_clip_norm)] if config.dp_user and plaintext else []),
+        *([EnoughReplies(config.min_fit_clients)] if plaintext else []),  # else: skip the round
         PlaintextSum(model, uniform=uniform) if plaintext else SecAggSum(plan, model),
         UserLevelNoise(config, user) if config.dp_user else MeanOfTrained(),  # who adds noise
-        ServerOptimizer(config.strategy, model, names, config),  # owns the global model
+        optimizer,
         RoundRecorder(run_dir, config.num_server_rounds),  # metrics.jsonl + progress line
         PrivacyLedger(config, run_dir),  # privacy_ledger.jsonl (DP runs)
+        # The server's state after the round, written after its rows (shared/rundir.py: why).
+        Checkpointer(
+            run_dir.path / CHECKPOINT_FILE, config, names, model, optimizer, user, reports
+        ),
     ]
     return sampler, Pipeline(steps), model
 
@@ -82,22 +93,39 @@ def build_round(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)
-    run_dir = RunDirectory.create(config, kind="federated")
-    log(INFO, "[confide] run directory: %s", run_dir.path)
+    checkpoint: Checkpoint | None = None
+    if config.resume_from:  # refused in one line if this config cannot continue it
+        checkpoint, where = load_for_resume(config)
+        if checkpoint.round >= config.num_server_rounds:
+            log(INFO, "[confide] %s finished all %d rounds already", where, checkpoint.round)
+            return
+        run_dir = RunDirectory.resume(where, config, checkpoint.round)
+        log(INFO, "[confide] resuming %s after round %d", run_dir.path, checkpoint.round)
+    else:
+        run_dir = RunDirectory.create(config, kind="federated")
+        log(INFO, "[confide] run directory: %s", run_dir.path)
 
     # The server never sees user rows: it builds a one-user model and keeps only the global part.
     model = config.build_model(catalog_size(config))
     names, arrays = global_names(model), global_arrays(model)
     sampler, pipeline, state = build_round(config, names, arrays, run_dir)
-    strategy = ConfideStrategy(config, sampler, pipeline, state)
+    done = 0
+    if checkpoint is not None:
+        pipeline.find(Checkpointer).restore(checkpoint)
+        done = checkpoint.round
+    strategy = ConfideStrategy(config, sampler, pipeline, state, rounds_done=done)
+    if checkpoint is not None:
+        strategy.started -= checkpoint.elapsed_seconds  # elapsed time continues too
     legacy = LegacyContext(
         context=context,
-        config=ServerConfig(num_rounds=config.num_server_rounds),
+        # Flower numbers this run's rounds 1..; the strategy runs them as done+1..total.
+        config=ServerConfig(num_rounds=config.num_server_rounds - done),
         strategy=strategy,
     )
     plan = config.secagg_plan()
     fit_workflow = None if plan is None else GuardedSecAggPlusWorkflow(plan, strategy.secagg_stage)
-    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+    # Flower's workflow waits for replies without a timeout: every wait gets round-timeout.
+    DefaultWorkflow(fit_workflow=fit_workflow)(TimedGrid(grid, config.round_timeout), legacy)
 
     run_dir.save_model(names, state.arrays)  # the server optimizer's model: the only copy
     run_dir.plot()

@@ -37,15 +37,30 @@ from shared.wire import SERVER_ROUND
 
 
 class ConfideStrategy(Strategy):
+    """The hooks; ``rounds_done`` > 0 resumes a run: Flower's round r is the run's round
+    ``rounds_done + r`` everywhere it matters (the ``server-round`` devices get, which drives their
+    learning-rate decay and seed streams; evaluation cadence and the last round; the records).
+    """
+
     def __init__(
-        self, config: RunConfig, sampler: Sampler, pipeline: Pipeline, model: ModelState
+        self,
+        config: RunConfig,
+        sampler: Sampler,
+        pipeline: Pipeline,
+        model: ModelState,
+        rounds_done: int = 0,
     ) -> None:
         self.config = config
         self.sampler = sampler
         self.pipeline = pipeline
         self.model = model  # the server optimizer's, read here to send it
+        self.rounds_done = rounds_done
         self.started = time.monotonic()
         self.round: RoundState | None = None  # the round in progress
+
+    def run_round(self, flower_round: int) -> int:
+        """The run's round number of Flower's ``flower_round`` (they differ after a resume)."""
+        return self.rounds_done + flower_round
 
     def begin_round(self, server_round: int) -> RoundState:
         self.round = RoundState(number=server_round, run_started=self.started)
@@ -57,6 +72,7 @@ class ConfideStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        server_round = self.run_round(server_round)
         rnd = self.begin_round(server_round)
         cohort = self.sampler.sample(rnd, client_manager)
         rnd.note(fit_sampled=len(cohort))
@@ -74,6 +90,7 @@ class ConfideStrategy(Strategy):
         self.pipeline.find(SecAggSum).stage(self.round, stage, active, halt)
 
     def aggregate_fit(self, server_round, results, failures):
+        server_round = self.run_round(server_round)
         rnd = self.round
         rnd.failures = list(failures)
         replies = [Reply(node_id=proxy.node_id, res=res) for proxy, res in results]
@@ -89,6 +106,7 @@ class ConfideStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        server_round = self.run_round(server_round)
         if self.round is not None:
             # Proof that a skipped round left the model byte for byte as it was.
             self.round.note(model_sha256=model_digest(self.model.arrays))
@@ -112,6 +130,7 @@ class ConfideStrategy(Strategy):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
+        server_round = self.run_round(server_round)
         loss, metrics, fields = summarize_evaluation(server_round, results, failures)
         if self.round is not None:
             self.round.note(**fields)

@@ -64,6 +64,7 @@ class RunConfig:
     server_adam_tau: float
     max_num_examples: int
     max_update_norm: float
+    round_timeout: float  # seconds the server waits for a round's replies (fit, evaluate)
     # local training
     local_epochs: int
     batch_size: int
@@ -104,6 +105,8 @@ class RunConfig:
     test_secagg_fault: str  # TEST ONLY: fault injection (see shared.secagg.parse_fault)
     # output
     out_dir: str
+    # checkpoint and resume: a run directory (or its checkpoint file) to continue; "" starts anew
+    resume_from: str
 
     def local_learning_rate(self, server_round: int) -> float:
         """The devices' learning rate in a round: decays geometrically from round 1 to the floor."""
@@ -319,6 +322,7 @@ _POSITIVE = (
     *("learning_rate", "centralized_learning_rate", "server_learning_rate"),
     *("personalize_learning_rate", "max_update_norm", "server_adam_tau"),
     *("dp_max_grad_norm", "dp_user_clip_norm", "secagg_timeout", "secagg_update_bound"),
+    "round_timeout",
 )
 
 
@@ -382,8 +386,8 @@ def resolve_config(
     """Defaults <- config file <- ``--set`` overrides <- ``--out``, validated once.
 
     Returns the config and the values that differ from the defaults (what ``flwr run`` must be
-    told). Relative paths (data-dir, out-dir) are made absolute against the current directory,
-    since the simulation's processes do not run here.
+    told). Relative paths (data-dir, out-dir, resume-from) are made absolute against the current
+    directory, since the simulation's processes do not run here.
     """
     defaults = default_values()
     values = dict(defaults)
@@ -394,7 +398,7 @@ def resolve_config(
         values[key] = value
     if out:
         values["out-dir"] = out
-    for key in ("data-dir", "out-dir"):
+    for key in ("data-dir", "out-dir", "resume-from"):
         if isinstance(values.get(key), str) and values[key]:
             values[key] = str(Path(values[key]).expanduser().resolve())
     config = RunConfig.from_mapping(values)

@@ -24,6 +24,8 @@ METRICS_FILE = "metrics.jsonl"
 LEDGER_FILE = "privacy_ledger.jsonl"
 MODEL_FILE = "global_model.npz"
 PLOT_FILE = "metrics.png"
+CHECKPOINT_FILE = "checkpoint.npz"  # the server's state after the last complete round
+DEVICES_DIR = "devices"  # simulated devices' own state (simulations only)
 
 
 class RunFileError(ValueError):

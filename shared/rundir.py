@@ -1,8 +1,19 @@
-"""The run directory: resolved config, metrics per round (or epoch), final model, plot."""
+"""The run directory: resolved config, metrics per round (or epoch), final model, plot.
+
+A run directory is created fresh (its rows, ledger, checkpoint and simulated devices' state from
+any earlier run in it are removed) or continued by a resume (:meth:`RunDirectory.resume`), which
+keeps the rows up to the checkpoint's round and drops any later, partial ones. The server writes a
+round's rows BEFORE its checkpoint: a crash between the two leaves rows the checkpoint does not
+cover, which the resume drops and the rerun round writes again, once. The other order could lose
+a checkpointed round's rows for good.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +23,9 @@ import numpy as np
 
 from shared.config import RunConfig
 from shared.records import (
+    CHECKPOINT_FILE,
     CONFIG_FILE,
+    DEVICES_DIR,
     LEDGER_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -31,19 +44,43 @@ def default_run_dir(config: RunConfig, kind: str) -> Path:
 class RunDirectory:
     """Writes one run's files; every metrics record is flushed as soon as it exists."""
 
-    def __init__(self, path: Path, config: RunConfig, kind: str) -> None:
+    def __init__(self, path: Path, config: RunConfig, kind: str, *, fresh: bool = True) -> None:
         self.path = path.resolve()
         self.kind = kind
         self.path.mkdir(parents=True, exist_ok=True)
         resolved = {"kind": kind, **config.to_mapping(), "out-dir": str(self.path)}
-        (self.path / CONFIG_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
-        (self.path / METRICS_FILE).write_text("")
+        resolved["resume-from"] = ""  # how it was continued is not part of the run's config
+        if not fresh:
+            saved = self.path / CONFIG_FILE
+            earlier = json.loads(saved.read_text()).get("resumed", []) if saved.exists() else []
+            resolved["resumed"] = earlier  # the resume itself appends its round
+        atomic_write_text(self.path / CONFIG_FILE, json.dumps(resolved, indent=2) + "\n")
+        if fresh:  # nothing of an earlier run in this directory may leak into this one
+            (self.path / METRICS_FILE).write_text("")
+            for name in (LEDGER_FILE, CHECKPOINT_FILE):
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / DEVICES_DIR, ignore_errors=True)
 
     @classmethod
     def create(cls, config: RunConfig, kind: str) -> RunDirectory:
         return cls(
             Path(config.out_dir) if config.out_dir else default_run_dir(config, kind), config, kind
         )
+
+    @classmethod
+    def resume(cls, path: Path, config: RunConfig, done_round: int) -> RunDirectory:
+        """Continue a federated run after its round ``done_round``: rows after it are dropped.
+
+        ``config.json`` is rewritten with ``config``, which the checkpoint has checked may differ
+        from the saved one only in keys a resume may change, and lists the rounds resumed after.
+        """
+        run_dir = cls(path, config, "federated", fresh=False)
+        saved = json.loads((run_dir.path / CONFIG_FILE).read_text())
+        saved["resumed"] = [*saved["resumed"], {"after_round": done_round}]
+        atomic_write_text(run_dir.path / CONFIG_FILE, json.dumps(saved, indent=2) + "\n")
+        for name in (METRICS_FILE, LEDGER_FILE):
+            keep_rounds_through(run_dir.path / name, done_round)
+        return run_dir
 
     def log(self, record: RoundRecord | dict[str, Any]) -> None:
         """One metrics row: a federated round, or a centralized run's epoch (a plain dict)."""
@@ -60,11 +97,61 @@ class RunDirectory:
 
     def save_model(self, names: Sequence[str], arrays: Sequence[np.ndarray]) -> Path:
         path = self.path / MODEL_FILE
-        np.savez(path, **dict(zip(names, arrays, strict=True)))
+        atomic_save_npz(path, dict(zip(names, arrays, strict=True)))
         return path
 
     def plot(self) -> Path:
         return plot_metrics(self.path)
+
+
+def keep_rounds_through(path: Path, done_round: int) -> int:
+    """Keep the JSONL rows of rounds 1..``done_round`` (atomically); returns how many were dropped.
+
+    A row after the checkpoint, or a line a crash cut short, belongs to a round that runs again.
+    """
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1  # a partial last line: its round was not checkpointed
+            continue
+        number = row.get("round") if isinstance(row, dict) else None
+        if isinstance(number, int) and number <= done_round:
+            kept.append(line)
+        else:
+            dropped += 1
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return dropped
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file in the same directory, then rename.
+
+    A reader (or a resume after a crash) sees the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to ``path`` atomically (no pickles: only plain arrays and strings)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -87,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="number of simulated devices (default: one per user of the dataset)",
     )
+    simulate.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last complete round, with its config.json "
+        "(--set num-server-rounds=N extends it)",
+    )
     centralized = commands.add_parser("centralized", help="centralized baseline on pooled data")
     add_config_args(centralized)
     report = commands.add_parser("report", help="privacy-budget report of a finished run")
@@ -159,6 +165,11 @@ def _resolve(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     """The run config of a command with config arguments (``--config`` may name a shipped one)."""
     from shared.config import resolve_config
     from simulations.configs import config_path
+
+    if getattr(args, "resume", None):
+        from simulations.simulate import resume_config
+
+        return resume_config(args.resume, args.set, args.config, args.out)
 
     config_file = config_path(args.config) if args.config else None
     return resolve_config(config_file, args.set, args.out)

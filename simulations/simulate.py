@@ -23,8 +23,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from shared.config import RunConfig
-from shared.records import read_rounds
+from shared.config import ConfigError, RunConfig, parse_override
+from shared.defaults import default_values
+from shared.records import CONFIG_FILE, read_rounds
 from shared.rundir import default_run_dir
 from shared.split import split_for
 from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
@@ -119,12 +120,60 @@ def _signal_groups(groups: set[int], signum: int) -> None:
             pass  # the group is gone already
 
 
+def resume_config(
+    run_dir: str, overrides: list[str], config_file: str | None = None, out: str | None = None
+) -> tuple[RunConfig, dict[str, Any]]:
+    """The config of ``confide simulate --resume RUN_DIR``: the run's own ``config.json``, with
+    ``--set`` overrides (the checkpoint refuses any a resume may not change), into RUN_DIR."""
+    if config_file or out:
+        raise ConfigError(
+            "--resume continues a run with its own config.json, into its own directory: drop "
+            "--config and --out (change what a resume may change with --set)"
+        )
+    path = Path(run_dir).expanduser().resolve()
+    try:
+        saved = json.loads((path / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} has no {CONFIG_FILE}: give --resume the directory a federated run wrote"
+        ) from None
+    if saved.get("kind") != "federated":
+        raise ConfigError(f"{path} holds a {saved.get('kind')!r} run; only federated runs resume")
+    values = dict(saved)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in RunConfig.keys():
+            raise ConfigError(f"unknown config key {key!r} in --set {text!r}")
+        values[key] = value
+    values |= {"out-dir": str(path), "resume-from": str(path)}
+    config = RunConfig.from_saved(values)
+    defaults = default_values()
+    return config, {k: v for k, v in config.to_mapping().items() if defaults.get(k) != v}
+
+
 def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: int = 0) -> int:
     """Run the app with one supernode per user; returns a process exit code.
 
     ``changed`` holds the values that differ from the app's defaults (see
     :func:`shared.config.resolve_config`): Flower merges them into its own copy of the defaults.
+    A resume (``resume-from``) is checked here first, so that a refused checkpoint or a finished
+    run answers in one line, before any SuperLink starts.
     """
+    if config.resume_from:
+        from server.checkpoint import CheckpointError, load_for_resume
+
+        try:
+            checkpoint, where = load_for_resume(config)
+        except CheckpointError as err:
+            print(f"confide: cannot resume: {err}", file=sys.stderr)
+            return 2
+        if checkpoint.round >= config.num_server_rounds:
+            print(
+                f"[confide] {where} finished all {checkpoint.round} rounds: nothing to resume "
+                "(extend it with --set num-server-rounds=N)"
+            )
+            return 0
+        print(f"[confide] resuming {where} after round {checkpoint.round}", flush=True)
     num_users = split_for(config).num_users
     supernodes = supernodes or num_users
     if supernodes > num_users:

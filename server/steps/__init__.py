@@ -6,11 +6,12 @@
 from server.steps.optimizer import ServerOptimizer
 from server.steps.records import PrivacyLedger, RoundRecorder
 from server.steps.release import MeanOfTrained, UserLevelNoise
-from server.steps.replies import DeviceReports, ReplyValidation, ServerClip
+from server.steps.replies import DeviceReports, EnoughReplies, ReplyValidation, ServerClip
 from server.steps.sums import PlaintextSum, SecAggSum
 
 __all__ = [
     "DeviceReports",
+    "EnoughReplies",
     "MeanOfTrained",
     "PlaintextSum",
     "PrivacyLedger",

@@ -9,7 +9,7 @@ from flwr.common import log
 
 from server.optimizers import ModelState
 from server.pipeline import Phase, Step
-from server.round import Reply, RoundState
+from server.round import Reply, RoundState, SkipRound
 from server.validation import InvalidReply, ReplyValidator
 from shared.config import RunConfig
 from shared.privacy import clip_update
@@ -27,6 +27,9 @@ class ReplyValidation(Step):
         self.model = model
 
     def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
+        # A device that hung past round-timeout is in neither list: it is a failure too.
+        silent = (rnd.record.fit_sampled or 0) - len(replies) - len(rnd.failures)
+        rnd.failures += [TimeoutError("no reply within round-timeout")] * max(silent, 0)
         valid = []
         for reply in replies:
             try:
@@ -141,3 +144,31 @@ def _reported(replies: list[Reply], key: str) -> list[float]:
         for r in replies
         if isinstance(value := r.metrics.get(key), (int, float)) and 0 <= value < 1e6
     ]
+
+
+class EnoughReplies(Step):
+    """The round aggregates only when at least ``min-fit-clients`` valid replies trained.
+
+    A device that crashed, hung past ``round-timeout`` or replied garbage mid-round is a failure
+    (counted in the round's record); the others still make the round unless too few are left,
+    and then it is skipped with the model unchanged: an average over one or two devices would be
+    released as if it were the cohort's. Plaintext rounds only: under SecAgg+ the protocol's own
+    reconstruction threshold decides whether enough devices survived.
+    """
+
+    phase = Phase.REPLIES
+    must_follow = ("ReplyValidation", "DeviceReports", "ServerClip")
+
+    def __init__(self, min_replies: int) -> None:
+        self.min_replies = min_replies
+
+    def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
+        trained = sum(1 for r in replies if r.trained)
+        if not trained:
+            raise SkipRound("no valid trained replies")  # as the sum step would say
+        if trained < self.min_replies:
+            raise SkipRound(
+                f"{trained} valid trained repl{'y' if trained == 1 else 'ies'}, "
+                f"min-fit-clients is {self.min_replies}"
+            )
+        return replies

@@ -23,14 +23,24 @@ def _names(tmp_path, **changes):
 
 
 def test_the_app_lists_every_step_in_order(tmp_path):
-    tail = ["ServerOptimizer", "RoundRecorder", "PrivacyLedger"]
+    tail = ["ServerOptimizer", "RoundRecorder", "PrivacyLedger", "Checkpointer"]
     assert _names(tmp_path) == (
         "CountSampler",
-        ["ReplyValidation", "DeviceReports", "PlaintextSum", "MeanOfTrained", *tail],
+        [
+            "ReplyValidation",
+            "DeviceReports",
+            "EnoughReplies",
+            "PlaintextSum",
+            "MeanOfTrained",
+            *tail,
+        ],
     )
     assert _names(tmp_path, dp_user=True) == (
         "PoissonSampler",
-        ["ReplyValidation", "DeviceReports", "ServerClip", "PlaintextSum", "UserLevelNoise", *tail],
+        [
+            *("ReplyValidation", "DeviceReports", "ServerClip", "EnoughReplies"),
+            *("PlaintextSum", "UserLevelNoise", *tail),
+        ],
     )
     assert _names(tmp_path, secagg=True) == (
         "CountSampler",
