@@ -37,6 +37,7 @@ from server.steps import (
 from server.strategy import ConfideStrategy
 from server.user_dp import UserDPState
 from server.validation import ReplyValidator
+from shared.baselines import record_data_summary
 from shared.config import RunConfig
 from shared.models import global_arrays, global_names
 from shared.records import CHECKPOINT_FILE
@@ -104,6 +105,8 @@ def main(grid: Grid, context: Context) -> None:
     else:
         run_dir = RunDirectory.create(config, kind="federated")
         log(INFO, "[confide] run directory: %s", run_dir.path)
+        if not config.num_items:  # a simulation has the pooled split (a deployment has none)
+            record_data_summary(config, run_dir.path, lambda line: log(INFO, "%s", line))
 
     # The server never sees user rows: it builds a one-user model and keeps only the global part.
     model = config.build_model(catalog_size(config))

@@ -29,7 +29,8 @@ def test_two_round_simulation_on_synthetic_data(tmp_path):
         assert record["fit_rejected"] == 0 and "skipped" not in record
         assert record["eval_clients"] == 20
         assert 0.0 <= record["full_hr10"] <= record["hr10"] <= 1.0
-    assert {"config.json", "global_model.npz", "metrics.png"} <= {p.name for p in out.iterdir()}
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "global_model.npz", "metrics.png", "data.json"} <= files
     assert json.loads((out / "config.json").read_text())["synthetic-users"] == 20
     assert "[confide] round 2/2" in log  # progress is shown while it runs
 
