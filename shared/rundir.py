@@ -44,16 +44,20 @@ def default_run_dir(config: RunConfig, kind: str) -> Path:
 class RunDirectory:
     """Writes one run's files; every metrics record is flushed as soon as it exists."""
 
-    def __init__(self, path: Path, config: RunConfig, kind: str, *, fresh: bool = True) -> None:
+    def __init__(
+        self, path: Path, config: RunConfig, kind: str, *, resumed_after: int | None = None
+    ) -> None:
+        """A new run in ``path``, or (``resumed_after``) the continuation of the run there."""
         self.path = path.resolve()
         self.kind = kind
         self.path.mkdir(parents=True, exist_ok=True)
         resolved = {"kind": kind, **config.to_mapping(), "out-dir": str(self.path)}
         resolved["resume-from"] = ""  # how it was continued is not part of the run's config
+        fresh = resumed_after is None
         if not fresh:
             saved = self.path / CONFIG_FILE
             earlier = json.loads(saved.read_text()).get("resumed", []) if saved.exists() else []
-            resolved["resumed"] = earlier  # the resume itself appends its round
+            resolved["resumed"] = [*earlier, {"after_round": resumed_after}]
         atomic_write_text(self.path / CONFIG_FILE, json.dumps(resolved, indent=2) + "\n")
         if fresh:  # nothing of an earlier run in this directory may leak into this one
             (self.path / METRICS_FILE).write_text("")
@@ -74,10 +78,7 @@ class RunDirectory:
         ``config.json`` is rewritten with ``config``, which the checkpoint has checked may differ
         from the saved one only in keys a resume may change, and lists the rounds resumed after.
         """
-        run_dir = cls(path, config, "federated", fresh=False)
-        saved = json.loads((run_dir.path / CONFIG_FILE).read_text())
-        saved["resumed"] = [*saved["resumed"], {"after_round": done_round}]
-        atomic_write_text(run_dir.path / CONFIG_FILE, json.dumps(saved, indent=2) + "\n")
+        run_dir = cls(path, config, "federated", resumed_after=done_round)
         for name in (METRICS_FILE, LEDGER_FILE):
             keep_rounds_through(run_dir.path / name, done_round)
         return run_dir
