@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     inference.add_argument("run_dir", nargs="?", help="a finished run (else: --config)")
     add_config_args(inference)
-    inference.add_argument("--cohorts", default="10,100", help="SecAgg+ cohort sizes to audit")
+    inference.add_argument(
+        "--cohorts", default="10,100", type=_sizes, help="SecAgg+ cohort sizes to audit"
+    )
     inference.add_argument("--users", type=int, default=0, help="audit only N users (0: all)")
     for sub in (simulate, centralized, report, certs, inference):
         add_debug_arg(sub)
@@ -175,6 +177,17 @@ def _resolve(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     return resolve_config(config_file, args.set, args.out)
 
 
+def _sizes(text: str) -> list[int]:
+    """``--cohorts``: comma-separated positive sizes (argparse reports a bad one in one line)."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected sizes like 10,100, got {text!r}")
+    return sizes
+
+
 def _certs(directory: str, hosts: list[str], devices: str) -> int:
     from shared.certs import device_names, make_credentials
 
@@ -193,22 +206,17 @@ def _certs(directory: str, hosts: list[str], devices: str) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from shared.config import ConfigError
     from shared.saved_run import load_run
     from simulations.research.audit import run_item_inference
 
-    try:
-        if args.run_dir:
-            config, model = load_run(Path(args.run_dir))
-            out = Path(args.out or args.run_dir)
-        else:
-            config, _ = _resolve(args)
-            model, out = None, Path(args.out or "runs/audit")
-        cohorts = [int(k) for k in args.cohorts.split(",")]
-    except (ConfigError, OSError, ValueError) as err:
-        print(f"confide: audit error: {err}", file=sys.stderr)
-        return 2
-    run_item_inference(config, model, out, cohorts, args.users)
+    # A bad run directory or config is reported by main(), like every command's bad input.
+    if args.run_dir:
+        config, model = load_run(Path(args.run_dir))
+        out = Path(args.out or args.run_dir)
+    else:
+        config, _ = _resolve(args)
+        model, out = None, Path(args.out or "runs/audit")
+    run_item_inference(config, model, out, args.cohorts, args.users)
     return 0
 
 
