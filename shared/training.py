@@ -89,8 +89,13 @@ def evaluate_popularity(split: LeaveOneOut, k: int = 10) -> dict[str, float]:
     against the true item, full ranking over unseen items), so it is a fair reference: a test
     set that is a biased slice of the catalogue shows up as popularity scoring below random.
     """
+    return evaluate_shared_scores(split, popularity_scores(split), k)
+
+
+def evaluate_shared_scores(split: LeaveOneOut, scores: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Mean metrics of one score per item, the same for every user (a non-personalized ranking)."""
     metrics = shared_score_metrics(
-        popularity_scores(split),
+        scores,
         split.test_item,
         split.eval_negatives,
         split.train_indptr,

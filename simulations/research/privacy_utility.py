@@ -5,6 +5,10 @@ directory under ``--out``; a row whose run directory already holds a finished ru
 so an interrupted sweep resumes where it stopped. The script then reads each run's last evaluation
 and its privacy report and writes ``table.md``, ``table.json`` and ``privacy_utility.png``.
 
+Beside the models, the table has the line a private model must clear: the popularity ranking on the
+same split, plain and released under each DP unit at each ε (:mod:`shared.dp_popularity`; noisy
+counts, accounted with the runs' accountant; computed in this process, no simulation).
+
     python -m simulations.research.privacy_utility --data-dir ../shared/data/ml-100k --out runs/pu
     python -m simulations.research.privacy_utility ... --only none,interaction-8  # some rows
 """
@@ -18,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.config import resolve_config
+from shared.baselines import dp_popularity_baseline
+from shared.config import RunConfig, resolve_config
 from shared.privacy import planned_participations
 from shared.records import CONFIG_FILE, MODEL_FILE, read_rounds
+from shared.split import split_for
+from shared.training import evaluate_popularity
 from shared.wire import EVAL_METRICS, FULL_HR10, FULL_NDCG10, HR10, NDCG10
 from simulations.cli import main as confide
 from simulations.configs import CONFIG_DIR
@@ -139,6 +146,30 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def popularity_rows(config: RunConfig) -> list[dict[str, Any]]:
+    """The popularity ranking on the runs' split: plain, and released under each unit and ε."""
+    split = split_for(config)
+    rows: list[dict[str, Any]] = [
+        {"row": "popularity", "unit": "popularity", "target_epsilon": None}
+        | evaluate_popularity(split)
+    ]
+    for unit in ("interaction", "user"):
+        for eps in EPSILONS:
+            metrics = dp_popularity_baseline(config, split, unit, float(eps), 1e-5)
+            rows.append(
+                {
+                    "row": f"dp-popularity-{unit}-{eps}",
+                    "unit": f"dp-popularity-{unit}",
+                    "target_epsilon": eps,
+                    "epsilon": metrics.pop("epsilon"),
+                    "delta": metrics.pop("delta"),
+                    "noise_stddev": metrics.pop("noise_stddev"),
+                    **metrics,
+                }
+            )
+    return rows
+
+
 def _sigma_range(unit: dict[str, Any]) -> str | None:
     """'median (min–max)' of the devices' σ, when each device calibrated its own."""
     low, mid, high = (unit.get(f"noise_multiplier_{k}") for k in ("min", "median", "max"))
@@ -175,8 +206,8 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
                     cell(r.get("delta"), 6) if r.get("delta") else "–",
                     noise if isinstance(noise, str) else cell(noise, 3),
                     cell(r.get("clip"), 2),
-                    str(r["rounds"]),
-                    str(r["clients_per_round"]),
+                    str(r.get("rounds", "–")),
+                    str(r.get("clients_per_round", "–")),
                     cell(r[HR10]),
                     cell(r[NDCG10]),
                     cell(r[FULL_HR10]),
@@ -210,6 +241,22 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                 eps, values, full_values = zip(*points, strict=True)
                 ax.plot(eps, values, marker=marker, label=f"{unit}-level, sampled")
                 ax.plot(eps, full_values, marker=marker, ls="--", label=f"{unit}-level, full")
+            line = sorted(
+                (r["target_epsilon"], r[sampled])
+                for r in rows
+                if r["unit"] == f"dp-popularity-{unit}"
+            )
+            if line:
+                eps, values = zip(*line, strict=True)
+                ax.plot(
+                    eps,
+                    values,
+                    marker=marker,
+                    color="grey",
+                    ls=":",
+                    lw=1,
+                    label=f"DP popularity ({unit}), sampled",
+                )
         if base:
             ax.axhline(base[sampled], color="k", lw=1, label="no DP, sampled")
             ax.axhline(base[full], color="k", lw=1, ls="--", label="no DP, full")
@@ -260,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
     every = default_rows(base.num_server_rounds, base.clients_per_round, args.population)
     done = [r for r in every if _finished(out / r.name)]
-    summaries = [summarize(r, out / r.name) for r in done]
+    summaries = [summarize(r, out / r.name) for r in done] + popularity_rows(base)
     (out / "table.json").write_text(json.dumps(summaries, indent=2) + "\n")
     (out / "table.md").write_text(_markdown(summaries))
     _plot(summaries, out / "privacy_utility.png")

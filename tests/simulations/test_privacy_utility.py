@@ -79,7 +79,8 @@ def test_table_from_finished_runs(tmp_path, capsys):
         [ledger_line(r, OFF, user(2.0 * r, r)) for r in (1, 2, 3)],
     )
     # Every requested row is finished: nothing is simulated, the table is built.
-    assert main(["--out", str(sweep), "--only", "none,interaction-8,user-8"]) == 0
+    small = ["--set", "dataset=synthetic", "--set", "synthetic-users=60"]  # the popularity rows
+    assert main(["--out", str(sweep), "--only", "none,interaction-8,user-8", *small]) == 0
     table = {r["row"]: r for r in json.loads((sweep / "table.json").read_text())}
     assert table["none"]["hr10"] == 0.5 and "epsilon" not in table["none"]
     assert table["interaction-8"]["epsilon"] == 7.8  # the max over devices and rounds
@@ -87,7 +88,15 @@ def test_table_from_finished_runs(tmp_path, capsys):
     assert table["user-8"]["epsilon"] == 6.0 and table["user-8"]["noise_multiplier"] == 1.0
     markdown = (sweep / "table.md").read_text()
     assert "| interaction-8 | interaction | 8 | 7.80 | 0.000010 | 2.00 (1.20–2.90) |" in markdown
-    assert markdown.rstrip().endswith("| 0.40 |")  # user-8 HR@10 / no DP = 0.2 / 0.5
+    user_8 = next(line for line in markdown.splitlines() if line.startswith("| user-8 "))
+    assert user_8.endswith("| 0.40 |")  # HR@10 / no DP = 0.2 / 0.5
+    # the line to beat: plain popularity, and popularity released under each unit at each ε
+    assert table["popularity"]["target_epsilon"] is None and 0 < table["popularity"]["hr10"] < 1
+    for unit in ("interaction", "user"):
+        for eps in (1, 4, 8):
+            row = table[f"dp-popularity-{unit}-{eps}"]
+            assert 0.95 * eps <= row["epsilon"] <= eps and row["delta"] == 1e-5
+    assert "| dp-popularity-user-8 | dp-popularity-user | 8 | " in markdown
     assert (sweep / "privacy_utility.png").read_bytes()[:4] == b"\x89PNG"
     assert "interaction-8" in capsys.readouterr().out
 
