@@ -243,6 +243,7 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, ki
             and [r["round"] for r in rounds] == list(range(1, config.num_server_rounds + 1))
             and result["resumed"] == [{"after_round": done}]
             and not any("skipped" in r for r in rounds)
+            and result["killed_run"]["after_stop"].startswith("finished")
             and all(_kept(before[n], after[n]) for n in names)
         )
     except Exception as err:

@@ -1,7 +1,7 @@
 """A server that restarts, in a real deployment on 127.0.0.1 (TLS, SuperNode authentication).
 
 Runs ``simulations.restart_local``: the SuperLink and the ServerApp are SIGKILLed after round 1
-of 3, the SuperLink is started again on its ``--database``, the SuperNodes (never restarted)
+of 2, the SuperLink is started again on its ``--database``, the SuperNodes (never restarted)
 reconnect by themselves, and the run resumes from its checkpoint. Every device's store keeps
 its private embedding and accountant: its DP steps continue and its ε never goes down.
 """
@@ -17,13 +17,13 @@ import pytest
 from tests.conftest import ROOT
 
 
-@pytest.mark.slow  # about 2.5 minutes on 2 cores: a fresh ClientApp process per device and message
+@pytest.mark.slow  # about 90 s on 2 cores: a fresh ClientApp process per device and message
 def test_killed_superlink_and_serverapp_restart_and_the_run_resumes(tmp_path):
     work = tmp_path / "work"
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "simulations.restart_local", "--keep", str(work)]
-        + ["--set", "num-server-rounds=3", "--kill-after", "1"],
+        + ["--set", "num-server-rounds=2", "--kill-after", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -33,6 +33,7 @@ def test_killed_superlink_and_serverapp_restart_and_the_run_resumes(tmp_path):
     print(f"restart_local took {time.monotonic() - started:.0f}s")
     assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-2000:]
     lines = result.stdout.strip().splitlines()
+    print(lines[-1] if lines else "no output")
     assert len(lines) == 1  # one JSON line
     report = json.loads(lines[0])
     assert report["ok"] and report["status"] == "finished:completed"
@@ -44,15 +45,15 @@ def test_killed_superlink_and_serverapp_restart_and_the_run_resumes(tmp_path):
     assert report["killed_run"]["after_restart"] == "running"  # what the database remembered
     assert report["killed_run"]["after_stop"].startswith("finished")
     assert report["resumed"] == [{"after_round": 1}]
-    assert [r["round"] for r in report["rounds"]] == [1, 2, 3]  # each exactly once
+    assert [r["round"] for r in report["rounds"]] == [1, 2]  # each exactly once
     assert all(r["fit_replies"] == 3 and not r["skipped"] for r in report["rounds"])
 
     for device in report["devices"]:
         before, after = device["before"], device["after"]
         assert before["embedding_sha256"] and after["embedding_sha256"]
-        # continued: rounds 2 and 3 add at least a step each to round 1's (a restarted accountant
-        # would hold only theirs)
-        assert after["dp_steps"] >= before["dp_steps"] + 2 and before["dp_steps"] >= 1
+        # continued: round 2 adds at least a step to round 1's (a restarted accountant would hold
+        # only round 2's)
+        assert after["dp_steps"] > before["dp_steps"] >= 1
         assert after["epsilon"] > before["epsilon"] > 0
     for pid in report["pids"].values():
         with pytest.raises(ProcessLookupError):
