@@ -30,9 +30,10 @@ from flwr.compat.common.recorddict_compat import (
 from client.policy import TEST_FAULT, DevicePolicy
 from client.reply import shape_masked_reply
 from client.store_adapter import uses_store
+from shared.faults import FIT, REPLY_MODES, parse_fault
 from shared.privacy import clip_update
-from shared.secagg import STAGES, parse_fault, quantizer_clip_count
-from shared.wire import CLIP_NORM, SECAGG_BOUND
+from shared.secagg import STAGES, quantizer_clip_count
+from shared.wire import CLIP_NORM, SECAGG_BOUND, SERVER_ROUND
 
 _STAGE_NAMES = dict(zip(Stage.all(), STAGES, strict=True))  # Flower's names -> ours
 
@@ -111,13 +112,17 @@ def _quantizer_clips(ctxt: Context, update: list[np.ndarray]) -> int:
 
 
 def fault_injection_mod(msg: Message, ctxt: Context, call_next) -> Message:
-    """TEST ONLY: make chosen devices fail at a chosen SecAgg+ stage (``test-secagg-fault``).
+    """TEST ONLY: make chosen devices fail in a chosen round (``test-secagg-fault``).
 
-    Why it exists: devices of a real cohort crash or go silent mid-protocol, and a simulation's
-    never do. The end-to-end tests set ``test-secagg-fault`` to make chosen devices fail at
-    chosen stages of chosen rounds, to prove that the server carries on with the survivors (or
-    skips the round) and that the survivors' sum is still exact. A failing device raises, or with
-    ``:hang`` sleeps past ``secagg-timeout`` first, as a crashed or silent device would.
+    Why it exists: devices of a real cohort crash, go silent or send garbage mid-round, and a
+    simulation's never do. The end-to-end tests set ``test-secagg-fault`` (parsed by
+    :func:`shared.faults.parse_fault`) to make chosen devices fail in a plain training round
+    (``fit``) or at a SecAgg+ stage, to prove that the server carries on with the others (or
+    skips the round) and that what it aggregates is still exact. A failing device raises (Flower
+    reports the error), with ``hang`` sleeps past the timeout first (``round-timeout`` for fit,
+    ``secagg-timeout`` for a stage) as a silent device would, or, in a fit round, trains and then
+    replies garbage: a NaN update (``nan``) or arrays of the wrong shapes (``shapes``), which the
+    server's reply validation must reject.
 
     Inactive unless the run sets it (empty by default). A deployed device (its node config names
     a store) refuses every message of a run that sets it, before anything is trained or stored
@@ -127,14 +132,39 @@ def fault_injection_mod(msg: Message, ctxt: Context, call_next) -> Message:
     """
     spec = str(ctxt.run_config.get(TEST_FAULT, ""))
     DevicePolicy(deployed=uses_store(ctxt.node_config)).check_test_faults(spec)
-    if not spec or not msg.has_content() or RECORD_KEY_CONFIGS not in msg.content.config_records:
+    if not spec or not msg.has_content() or msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, ctxt)
-    stage = _STAGE_NAMES.get(str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)))
+    secagg = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    if secagg is None:  # a plain fit round: the run's round, as the server numbers it
+        where, timeout = FIT, float(ctxt.run_config["round-timeout"])
+        fit_ins = recorddict_to_fitins(msg.content, keep_input=True)
+        server_round = int(fit_ins.config.get(SERVER_ROUND, msg.metadata.group_id))
+    else:  # a SecAgg+ stage: only Flower's round (see shared.faults.Fault)
+        where = _STAGE_NAMES.get(str(secagg.get(Key.STAGE)))
+        timeout = float(ctxt.run_config["secagg-timeout"])
+        server_round = int(msg.metadata.group_id)
     device = int(ctxt.node_config.get("partition-id", -1))
-    server_round = int(msg.metadata.group_id)
-    for fault_round, fault_stage, ids, mode in parse_fault(spec):
-        if (fault_round, fault_stage) == (server_round, stage) and device in ids:
-            if mode == "hang":
-                time.sleep(2 * float(ctxt.run_config["secagg-timeout"]) + 1)
-            raise RuntimeError(f"test fault: device {device} fails in {stage} ({server_round})")
+    for fault in parse_fault(spec):
+        if (fault.round, fault.where) != (server_round, where) or device not in fault.ids:
+            continue
+        if fault.mode in REPLY_MODES:
+            return _garbage(call_next(msg, ctxt), fault.mode)
+        if fault.mode == "hang":
+            time.sleep(timeout + 1)  # the server stopped waiting at least 1 s ago
+        raise RuntimeError(f"test fault: device {device} fails in {where} ({server_round})")
     return call_next(msg, ctxt)
+
+
+def _garbage(reply: Message, mode: str) -> Message:
+    """The device's reply with its arrays replaced: all NaN, or each one element too long."""
+    if reply.has_error():
+        return reply
+    fit_res = recorddict_to_fitres(reply.content, keep_input=True)
+    arrays = parameters_to_ndarrays(fit_res.parameters)
+    if mode == "nan":
+        arrays = [np.full_like(a, np.nan) for a in arrays]
+    else:
+        arrays = [np.zeros(a.size + 1, a.dtype) for a in arrays]
+    fit_res.parameters = ndarrays_to_parameters(arrays)
+    reply.content = fitres_to_recorddict(fit_res, keep_input=True)
+    return reply

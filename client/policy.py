@@ -16,8 +16,8 @@ only, because each would hand the server a lever over the device:
 
 - ``dp-reproducible-noise``: its DP noise would be seeded from the run's seed, which the server
   knows, so the server could replay the noise and subtract it;
-- ``test-secagg-fault``: the server could make it drop out on command (see
-  :func:`client.mods.fault_injection_mod`).
+- ``test-secagg-fault``: the server could make it crash, hang or reply garbage on command, in
+  a plain round or a SecAgg+ stage (see :func:`client.mods.fault_injection_mod`).
 
 Plain Python: no Flower, no torch.
 """

@@ -19,9 +19,10 @@ from typing import Any
 
 from shared.data import AUTO, CSV_HEADERS, DATASETS
 from shared.defaults import default_values
+from shared.faults import parse_fault
 from shared.models import MODELS, Recommender, build_model
 from shared.privacy import ACCOUNTANTS
-from shared.secagg import SecAggConfigError, SecAggPlan, parse_fault, plan_secagg
+from shared.secagg import SecAggConfigError, SecAggPlan, plan_secagg
 
 STRATEGIES = ("fedavg", "fedadam", "itemsum")
 OPTIMIZERS = ("adam", "sgd")
@@ -102,7 +103,7 @@ class RunConfig:
     secagg_timeout: float
     secagg_update_bound: float
     secagg_max_cohort: int
-    test_secagg_fault: str  # TEST ONLY: fault injection (see shared.secagg.parse_fault)
+    test_secagg_fault: str  # TEST ONLY: fault injection (see shared.faults.parse_fault)
     # output
     out_dir: str
     # checkpoint and resume: a run directory (or its checkpoint file) to continue; "" starts anew

@@ -172,29 +172,3 @@ def quantizer_clip_count(
     ratio = round(weight / max_weight * quantization_range) / quantization_range
     clipped = (np.count_nonzero(np.abs(np.asarray(u) * ratio) > clipping_range) for u in update)
     return int(sum(clipped))
-
-
-def parse_fault(spec: str) -> list[tuple[int, str, tuple[int, ...], str]]:
-    """TEST-ONLY fault injection: ``"ROUND:STAGE:IDS[:hang]"`` entries separated by ``;``.
-
-    Devices whose partition-id is in IDS fail (raise, or hang past the timeout) when SecAgg+ stage
-    STAGE of round ROUND reaches them. Empty: no faults (the default, and the only setting for a
-    real run). Returns (round, stage, ids, mode) tuples; raises ValueError on a malformed spec.
-    """
-    faults = []
-    for entry in filter(None, (e.strip() for e in spec.split(";"))):
-        parts = entry.split(":")
-        try:
-            if len(parts) not in (3, 4) or parts[1] not in STAGES:
-                raise ValueError
-            mode = parts[3] if len(parts) == 4 else "raise"
-            if mode not in ("raise", "hang"):
-                raise ValueError
-            ids = tuple(int(i) for i in parts[2].split(","))
-            faults.append((int(parts[0]), parts[1], ids, mode))
-        except ValueError:
-            raise ValueError(
-                f"bad fault entry {entry!r}: expected ROUND:STAGE:ID,ID[:hang] with STAGE one of "
-                f"{', '.join(STAGES)}, e.g. '2:collect:0,1'"
-            ) from None
-    return faults

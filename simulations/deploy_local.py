@@ -110,8 +110,10 @@ class Deployment:
             "OMP_NUM_THREADS": "1",
         }
 
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        home = self.work / f"{name}-home"  # each process its own FLWR_HOME
+    def start(self, name: str, args: list[str], home: str | None = None) -> subprocess.Popen:
+        """Start ``args`` as ``name`` (its log: ``name.log``), in its own FLWR_HOME: ``home``'s
+        (a restarted process reuses the home of the one it replaces), else its own."""
+        home = self.work / f"{home or name}-home"  # each process its own FLWR_HOME
         home.mkdir(exist_ok=True)
         log = (self.work / f"{name}.log").open("w")
         self.logs.append(log)
@@ -127,10 +129,10 @@ class Deployment:
         self.processes[name] = process
         return process
 
-    def start_superlink(self, *extra: str) -> subprocess.Popen:
+    def start_superlink(self, *extra: str, name: str = "superlink") -> subprocess.Popen:
         """HTTPS with our certificate, and only registered SuperNodes may connect."""
         superlink = self.start(
-            "superlink",
+            name,
             [
                 _bin("flower-superlink"),
                 *("--ssl-ca-certfile", str(self.creds.ca_cert)),
@@ -141,6 +143,7 @@ class Deployment:
                 *("--host", "127.0.0.1", "--port", str(self.port)),
                 *extra,
             ],
+            home="superlink",
         )
         _wait_healthy(self.port, superlink, ca_file=self.creds.ca_cert)
         return superlink
@@ -197,7 +200,7 @@ class Deployment:
 
     def stop(self) -> bool:
         """Stop every process (SuperNodes first); True when none of them is left."""
-        for name in sorted(self.processes, key=lambda n: n == "superlink"):
+        for name in sorted(self.processes, key=lambda n: n.startswith("superlink")):
             stop_process_tree(self.processes[name])
             _stop_group(self.processes[name].pid)  # what outlived a leader that already exited
         for log in self.logs:
@@ -209,8 +212,10 @@ class Deployment:
         return "\n".join(path.read_text().splitlines()[-lines:]) if path.exists() else ""
 
 
-def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k: int) -> dict:
-    started = time.monotonic()
+def prepare_devices(
+    config: RunConfig, changed: dict[str, Any], work: Path, devices: int
+) -> tuple[Credentials, list[str], dict[str, tuple[Path, Path]]]:
+    """Credentials, and one encrypted store (and its key file) per device, from the dataset."""
     data = dataset_for(config)
     if config.num_items and config.num_items != data.num_items:
         raise ConfigError(f"num-items is {config.num_items}, the dataset has {data.num_items}")
@@ -224,7 +229,29 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k:
         (work / "devices" / name).mkdir(parents=True, mode=0o700)
         stores[name] = (work / "devices" / name / "confide.db", work / "keys" / f"{name}.key")
         build_store(*stores[name], data, user)
+    return creds, names, stores
 
+
+def node_config(store: Path, key_file: Path) -> str:
+    return f'store-path="{store}" store-key-file="{key_file}"'
+
+
+def submit(deployment: Deployment, changed: dict[str, Any], overrides: Path) -> str:
+    """``flwr run`` the app with ``changed`` as its run config; the run's id."""
+    overrides.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in changed.items()))
+    with flower_app_dir() as app_dir:  # Flower bundles it here, when submitting
+        submitted = deployment.flwr(
+            "run", str(app_dir), CONNECTION, "--run-config", str(overrides), "--format", "json"
+        )
+    reply = _json_or_none(submitted.stdout) or {}
+    if not reply.get("success"):
+        raise RuntimeError(f"flwr run failed: {submitted.stdout}{submitted.stderr}")
+    return str(reply["run-id"])
+
+
+def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k: int) -> dict:
+    started = time.monotonic()
+    creds, names, stores = prepare_devices(config, changed, work, devices)
     deployment = Deployment(work, creds)
     result: dict[str, Any] = {"ok": False, "tls": True, "supernode_auth": True}
     phases: dict[str, float] = {"stores_s": time.monotonic() - started}
@@ -234,23 +261,13 @@ def run(config: RunConfig, changed: dict[str, Any], work: Path, devices: int, k:
         _log(f"SuperLink pid {superlink.pid} on https://127.0.0.1:{deployment.port}")
         deployment.register(names)
         for name in names:
-            store, key_file = stores[name]
-            node_config = f'store-path="{store}" store-key-file="{key_file}"'
-            deployment.start_supernode(name, node_config, key=creds.device_keys[name])
+            deployment.start_supernode(
+                name, node_config(*stores[name]), key=creds.device_keys[name]
+            )
         deployment.wait_connected(names)
         phases["connect_s"] = time.monotonic() - started - sum(phases.values())
         _log(f"{devices} SuperNodes connected (TLS, authenticated): submitting the run")
-
-        overrides = work / "run-config.toml"
-        overrides.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in changed.items()))
-        with flower_app_dir() as app_dir:  # Flower bundles it here, when submitting
-            submitted = deployment.flwr(
-                "run", str(app_dir), CONNECTION, "--run-config", str(overrides), "--format", "json"
-            )
-        reply = _json_or_none(submitted.stdout) or {}
-        if not reply.get("success"):
-            raise RuntimeError(f"flwr run failed: {submitted.stdout}{submitted.stderr}")
-        run_id = str(reply["run-id"])
+        run_id = submit(deployment, changed, work / "run-config.toml")
         with (work / "run.log").open("w") as log:
             subprocess.run(
                 [_bin("flwr"), "log", run_id, CONNECTION, "--stream"],

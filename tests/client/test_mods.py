@@ -1,5 +1,7 @@
 """The client mods on hand-built Flower messages: SecAgg+ guard, clipping before masking, faults."""
 
+import time
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -15,6 +17,7 @@ from flwr.compat.common.recorddict_compat import (
 
 from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
 from client.policy import PolicyViolation
+from server.validation import InvalidReply, ReplyValidator
 from shared.wire import CLIP_NORM, LOSS, SECAGG_BOUND, SECAGG_CLIPPED, SERVER_ROUND
 from tests.client.test_app import task_identity  # noqa: F401  (autouse fixture)
 from tests.conftest import small_config
@@ -103,9 +106,49 @@ def test_fault_injection_only_where_and_when_asked():
     setup = _train_message({SERVER_ROUND: 2}, stage="setup")
     assert not fault_injection_mod(setup, _context(**fault), _device(SENT)).has_error()
     assert not fault_injection_mod(collect, _context(), _device(SENT)).has_error()  # off
+    plain = _train_message({SERVER_ROUND: 2})  # a SecAgg+ stage's fault leaves plain fit alone
+    assert not fault_injection_mod(plain, _context(**fault), _device(SENT)).has_error()
     hang = fault | {"test-secagg-fault": "2:collect:3:hang"}
     with pytest.raises(RuntimeError, match="test fault"):  # after sleeping past the timeout
         fault_injection_mod(collect, _context(**hang), _device(SENT))
+
+
+def test_fault_injection_in_a_plain_fit_round_of_the_runs_round():
+    """``fit`` faults match the ``server-round`` the device is sent (the run's round, which
+    continues after a resume), not Flower's round number (``group_id`` "2" here)."""
+    resumed = _train_message({SERVER_ROUND: 7})  # Flower's round 2 of a run resumed after 5
+    crash = {"test-secagg-fault": "7:fit:3", "round-timeout": 0.01}
+    with pytest.raises(RuntimeError, match=r"test fault: device 3 fails in fit \(7\)"):
+        fault_injection_mod(resumed, _context(**crash), _device(SENT))
+    other = {"test-secagg-fault": "2:fit:3;7:fit:4"}  # Flower's round; another device
+    assert not fault_injection_mod(resumed, _context(**other), _device(SENT)).has_error()
+    hang = {"test-secagg-fault": "7:fit:3:hang", "round-timeout": 0.2}
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="test fault"):
+        fault_injection_mod(resumed, _context(**hang), _device(SENT))
+    assert time.monotonic() - started >= 1.2  # past round-timeout, as a silent device
+
+
+@pytest.mark.parametrize("mode", ["nan", "shapes"])
+def test_a_garbage_reply_is_what_the_validator_rejects(mode):
+    msg = _train_message({SERVER_ROUND: 2})
+    new = [SENT[0] + 0.1, SENT[1] + 0.1]
+    reply = fault_injection_mod(
+        msg, _context(**{"test-secagg-fault": f"2:fit:3:{mode}"}), _device(new)
+    )
+    res = recorddict_to_fitres(reply.content, keep_input=True)
+    got = to_arrays(res.parameters)
+    assert res.num_examples == 42 and res.metrics[LOSS] == 0.5  # the rest of the reply is kept
+    if mode == "nan":
+        assert [a.shape for a in got] == [a.shape for a in SENT]
+        assert all(np.isnan(a).all() for a in got)
+    else:
+        assert [a.shape for a in got] == [(13,), (6,)]
+    validator = ReplyValidator.for_global(
+        ["a", "b"], SENT, max_num_examples=10**6, max_update_norm=1e6
+    )
+    with pytest.raises(InvalidReply, match="NaN" if mode == "nan" else "shape"):
+        validator.check(res, SENT)
 
 
 def test_a_deployed_device_refuses_the_fault_hook_on_every_message():

@@ -18,7 +18,6 @@ from shared.secagg import (
     SecAggConfigError,
     SecAggPlan,
     largest_safe_cohort,
-    parse_fault,
     plan_secagg,
     quantizer_clip_count,
 )
@@ -139,14 +138,3 @@ def test_too_large_cohort_refused_with_a_cohort_that_works():
     with pytest.raises(SecAggConfigError, match=f"secagg-max-cohort <= {limit}"):
         plan(cohort=limit + 1)
     assert plan(cohort=limit).quantization_range >= 2**16
-
-
-def test_fault_spec():
-    assert parse_fault("") == []
-    assert parse_fault("1:share-keys:0,1; 2:collect:4:hang") == [
-        (1, "share-keys", (0, 1), "raise"),
-        (2, "collect", (4,), "hang"),
-    ]
-    for bad in ["1:fit:0", "x:setup:0", "1:setup", "1:setup:0:explode"]:
-        with pytest.raises(ValueError, match="ROUND:STAGE"):
-            parse_fault(bad)
