@@ -72,7 +72,7 @@ class UserLevelNoise(Step):
                 epsilon=dp.epsilon(),
                 rounds_accounted=dp.history.steps,
                 status=rnd.status(),
-                noise_source="server",
+                # noise_source absent: the server (the ledger's rows stay as they were)
             )
         }
 
