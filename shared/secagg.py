@@ -272,21 +272,64 @@ def plan_device_noise(
     rounds is at most :data:`CLAMP_BUDGET` and mu_device at most :data:`MAX_DEVICE_MU`.
     Refused with values that work: no such c before the rounding inflates Δ2 by more than 1 %.
     """
-    from shared import skellam  # the mechanism's math; imported here to keep the plan light
-
-    bound, t = plan.bound, plan.quantization_range
     if not 1 <= min_survivors <= plan.max_cohort:
         raise SecAggConfigError(
             f"dp-noise-min-survivors must be in [1, secagg-max-cohort {plan.max_cohort}], got "
             f"{min_survivors}"
         )
+
+    def mu_fixed(z: float) -> Callable[[float], float]:
+        return lambda scale: (z * plan.bound * scale) ** 2
+
+    found = _search(plan, dimension, mu_for or mu_fixed(noise_multiplier), min_survivors, rounds)
+    if found is not None:
+        return found
+    t = plan.quantization_range
+    where = (
+        f"SecAgg+'s {t.bit_length() - 1}-bit range for a {dimension}-coordinate model and "
+        f"secagg-max-cohort {plan.max_cohort}"
+    )
+    if mu_for is not None:  # a target ε chose the noise: only the protocol side can give
+        raise SecAggConfigError(
+            f"the device noise a target ε needs at {min_survivors} survivors cannot fit {where} "
+            "without clamping or coarse rounding: lower secagg-max-cohort (a smaller modulus "
+            'leaves T more bits), raise dp-user-target-epsilon, or use dp-noise-source = "server"'
+        )
+    low, high = 0.0, noise_multiplier  # the largest z that fits, by bisection
+    for _ in range(50):
+        mid = (low + high) / 2
+        fits = _search(plan, dimension, mu_fixed(mid), min_survivors, rounds) is not None
+        low, high = (mid, high) if fits else (low, mid)
+    survivors = math.ceil(min_survivors * (noise_multiplier / low) ** 2) if low > 0 else None
+    more = ""
+    if survivors is not None and survivors <= plan.max_cohort:
+        more = f" or dp-noise-min-survivors >= {survivors} (each device adds less)"
+    raise SecAggConfigError(
+        f"device noise of noise multiplier {noise_multiplier:g} at {min_survivors} survivors "
+        f"cannot fit {where} without clamping or coarse rounding: use dp-user-noise-multiplier "
+        f"<= {low * 0.999:.4g}{more}, lower secagg-max-cohort (a smaller modulus leaves T more "
+        'bits), or dp-noise-source = "server"'
+    )
+
+
+def _search(
+    plan: SecAggPlan,
+    dimension: int,
+    mu_for: Callable[[float], float],
+    min_survivors: int,
+    rounds: int,
+) -> DeviceNoisePlan | None:
+    """The smallest power-of-two c that holds the noise (see :func:`plan_device_noise`)."""
+    from shared import skellam  # the mechanism's math; imported here to keep the plan light
+
+    bound, t = plan.bound, plan.quantization_range
     c = _power_of_two_at_least(bound * (1 + CLIP_MARGIN))
     for _ in range(MAX_RANGE_DOUBLINGS):
         scale = t / (2 * c)
         l2 = skellam.rounded_l2(bound * scale, dimension)
         if l2 > (1 + ROUNDING_TOLERANCE) * bound * scale:
-            break  # a wider range only makes the step coarser
-        mu_target = mu_for(scale) if mu_for else (noise_multiplier * bound * scale) ** 2
+            return None  # a wider range only makes the step coarser
+        mu_target = mu_for(scale)
         mu_device = mu_target / min_survivors
         room = t / 2 - math.ceil(l2)  # |rounded coordinate| <= Δ2: the rest is for the noise
         per_coordinate = skellam.tail_bound(mu_device, room)
@@ -304,13 +347,7 @@ def plan_device_noise(
                 clamp_per_coordinate=per_coordinate,
             )
         c *= 2
-    raise SecAggConfigError(
-        f"device noise of noise multiplier {noise_multiplier:g} at {min_survivors} survivors "
-        f"cannot fit SecAgg+'s {t.bit_length() - 1}-bit range for a {dimension}-coordinate "
-        f"model and secagg-max-cohort {plan.max_cohort} without clamping or coarse rounding: "
-        f"raise dp-noise-min-survivors (each device then adds less), lower secagg-max-cohort "
-        f'(a smaller modulus leaves T more bits), or use dp-noise-source = "server"'
-    )
+    return None
 
 
 def encode_exactly(k: np.ndarray, clipping_range: float, quantization_range: int) -> np.ndarray:
