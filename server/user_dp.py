@@ -22,6 +22,11 @@ added to the unmasked sum (:meth:`UserLevelDP.aggregate_sum`). A SecAgg+ round t
 released nothing computed from the updates (no noised sum exists), yet it is still accounted like
 any other sampled round: ε stays an upper bound, and dropouts an adversary could provoke never
 lower the reported ε.
+
+With ``dp-noise-source = "devices"`` (:class:`DeviceNoiseDP`) the server adds nothing: each device
+adds its share of Skellam noise before SecAgg+ masks its update (:mod:`client.noise`), and the
+accountant (:mod:`shared.skellam`) composes the noise the survivors actually added, round by round
+(docs/design.md §4).
 """
 
 from __future__ import annotations

@@ -28,10 +28,9 @@ def test_theorem_bounds_the_exact_renyi_divergence_of_a_one_dimensional_shift():
     for alpha in (2, 8, 32):
         exact = float(reference.exact_divergence(alpha, 20, 3))
         assert exact <= skellam.skellam_rdp(alpha, 20, 3, 3)  # the theorem is an upper bound
-        assert exact >= 0.9 * skellam.skellam_rdp(alpha, 20, 3, 3) if alpha == 2 else True
     # reference values (mu = 20, shift 3): exact 0.444952416868 / 1.50892817799 at alpha 2 / 8
     assert float(reference.exact_divergence(2, 20, 3)) == pytest.approx(0.444952416868, rel=1e-9)
-    assert skellam.skellam_rdp(2, 20, 3, 3) == pytest.approx(0.478125, rel=1e-12)
+    assert skellam.skellam_rdp(2, 20, 3, 3) == pytest.approx(0.478125, rel=1e-12)  # 7 % above
 
 
 def test_skellam_rdp_approaches_the_gaussians_as_mu_grows():
