@@ -27,13 +27,16 @@ from flwr.compat.common.recorddict_compat import (
     recorddict_to_fitres,
 )
 
+from client.noise import noised_for_secagg
 from client.policy import TEST_FAULT, DevicePolicy
 from client.reply import shape_masked_reply
 from client.store_adapter import uses_store
+from shared.config import RunConfig
 from shared.faults import FIT, REPLY_MODES, parse_fault
 from shared.privacy import clip_update
 from shared.secagg import STAGES, quantizer_clip_count
-from shared.wire import CLIP_NORM, SECAGG_BOUND, SERVER_ROUND
+from shared.streams import Stream, generator, secret_seed
+from shared.wire import CLIP_NORM, NOISE_MU, SECAGG_BOUND, SERVER_ROUND
 
 _STAGE_NAMES = dict(zip(Stage.all(), STAGES, strict=True))  # Flower's names -> ours
 
@@ -61,6 +64,11 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     which sees only the sum, adds it to the model. The mod also counts the coordinates that
     SecAgg+'s quantizer would clip, with the parameters its setup stage delivered (0 by
     construction), and reports the count in plaintext (it says nothing about the data).
+
+    Under device noise (``dp-noise-source = "devices"``) the clipped update then gets this
+    device's share of the noise in SecAgg+'s integer domain (:mod:`client.noise`) before
+    SecAgg+ masks it; the device refuses a round that asks it for no noise
+    (:meth:`client.policy.DevicePolicy.check_device_noise`).
     """
     if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
         return call_next(msg, ctxt)
@@ -87,21 +95,53 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
             raise ValueError("the local update is not finite: this device drops out of the round")
         limit = float(bound) if norm is None else min(float(bound), float(norm))
         clipped, _ = clip_update(update, limit)
+        clipped, clamped = _device_noise(msg, ctxt, fit_ins.config, clipped, limit)
         fit_res.parameters = ndarrays_to_parameters(clipped)
         fit_res.num_examples, fit_res.metrics = shape_masked_reply(
-            fit_res.metrics, _quantizer_clips(ctxt, clipped)
+            fit_res.metrics, _quantizer_clips(ctxt, clipped), clamped
         )
     reply.content = fitres_to_recorddict(fit_res, keep_input=True)
     return reply
 
 
-def _quantizer_clips(ctxt: Context, update: list[np.ndarray]) -> int:
+def _secagg_state(ctxt: Context):
     state = ctxt.state.config_records.get(RECORD_KEY_STATE)
     if state is None or "clipping_range" not in state:
         raise RuntimeError(
             "the server asked for a SecAgg+ update outside a SecAgg+ round: the ClientApp's mods "
             "must be [secagg_mod, user_clipping_mod] in this order"
         )
+    return state
+
+
+def _device_noise(
+    msg: Message, ctxt: Context, instructions, clipped: list[np.ndarray], clip_norm: float
+) -> tuple[list[np.ndarray], int | None]:
+    """This device's noise share on its clipped update (device noise only; else unchanged)."""
+    config = RunConfig.from_mapping(ctxt.run_config)
+    mu = instructions.get(NOISE_MU)
+    policy = DevicePolicy.from_node_config(ctxt.node_config, deployed=uses_store(ctxt.node_config))
+    policy.check_device_noise(config, mu)  # refuses "no noise" when the run says devices add it
+    if not config.device_noise:
+        return clipped, None
+    state = _secagg_state(ctxt)
+    if config.dp_reproducible_noise:  # RESEARCH ONLY (a deployed device refused it above)
+        device = int(ctxt.node_config.get("partition-id", 0))
+        rng = generator(config.seed, Stream.DEVICE_NOISE, device + 1, int(msg.metadata.group_id))
+    else:  # the guarantee rests on this noise: never derivable from anything the server knows
+        rng = np.random.default_rng(secret_seed(128))
+    return noised_for_secagg(
+        clipped,
+        clip_norm,
+        float(state["clipping_range"]),
+        int(state["target_range"]),
+        float(mu),
+        rng,
+    )
+
+
+def _quantizer_clips(ctxt: Context, update: list[np.ndarray]) -> int:
+    state = _secagg_state(ctxt)
     return quantizer_clip_count(
         update,
         float(state["clipping_range"]),

@@ -19,11 +19,18 @@ only, because each would hand the server a lever over the device:
 - ``test-secagg-fault``: the server could make it crash, hang or reply garbage on command, in
   a plain round or a SecAgg+ stage (see :func:`client.mods.fault_injection_mod`).
 
+Under device noise (``dp-noise-source = "devices"``) the user-level guarantee rests on the noise
+the devices add themselves, so every device refuses a round whose instructions ask it for none
+(a missing, zero or non-finite Skellam variance): the run config says the devices add the noise,
+and a server that then asked for none would hold the exact sum. A device with its own ε cap
+names it in the refusal.
+
 Plain Python: no Flower, no torch.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -69,12 +76,44 @@ class DevicePolicy:
                 "covers: the device declines. Run with dp-interaction = true, or remove "
                 f"{EPSILON_CAP} from the device's node config to allow non-private training"
             )
+        if self.deployed and config.dp_reproducible_noise and config.device_noise:
+            raise PolicyViolation(
+                'the run sets dp-reproducible-noise = true with dp-noise-source = "devices": '
+                "the device's noise would be seeded from the run's seed, which the server knows "
+                "and could use to remove it. A deployed device declines"
+            )
         if self.deployed and config.dp_interaction and config.dp_reproducible_noise:
             raise PolicyViolation(
                 "the run sets dp-reproducible-noise = true: the device's DP noise would be "
                 "seeded from the run's seed, which the server knows and could use to remove it. "
                 "A deployed device declines; that setting is for simulations only"
             )
+
+    def check_device_noise(self, config: RunConfig, mu: object) -> None:
+        """Refuse a round that asks for no device noise where the run says devices add it.
+
+        ``mu``: the Skellam variance the round's instructions ask this device to add (None when
+        absent). A run without device noise must not send one either (inconsistent).
+        """
+        if not config.device_noise:
+            if mu is not None:
+                raise PolicyViolation(
+                    "the round asks for device noise, but the run config has "
+                    f"dp-noise-source = {config.dp_noise_source!r} (or dp-user off): "
+                    "inconsistent, so the device declines"
+                )
+            return
+        ok = isinstance(mu, int | float) and not isinstance(mu, bool) and math.isfinite(mu)
+        if ok and mu > 0:
+            return
+        cap = (
+            f"; its node config sets {EPSILON_CAP}={self.epsilon_cap:g}" if self.epsilon_cap else ""
+        )
+        raise PolicyViolation(
+            f'the run says the devices add the user-level noise (dp-noise-source = "devices"), '
+            f"but this round asks this device for a noise variance of {mu!r}: with no noise no "
+            f"user-level ε holds{cap}. The device declines the round"
+        )
 
     def check_test_faults(self, spec: str) -> None:
         """Refuse a run that sets the test-only fault hook (``spec``: its value), if deployed."""

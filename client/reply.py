@@ -25,6 +25,7 @@ from shared.wire import (
     EPSILON_DECIMALS,
     EVAL_METRICS,
     LOSS,
+    NOISE_CLAMPED,
     SECAGG_CLIPPED,
     TRAINED,
 )
@@ -50,15 +51,20 @@ def shape_fit_reply(config: RunConfig, result: TrainResult) -> tuple[int, Metric
 
 
 def shape_masked_reply(
-    metrics: Mapping[str, float | str], quantizer_clips: int
+    metrics: Mapping[str, float | str], quantizer_clips: int, noise_clamped: int | None = None
 ) -> tuple[int, Metrics]:
     """(weight, metrics) of a reply whose update SecAgg+ masks (after clipping).
 
     Weight 1: Flower's SecAgg+ scales the masked update by it, and the server sees it in the
     clear. The count of coordinates SecAgg+'s quantizer would clip is 0 by construction and says
     nothing about the data; it is sent so that a wrong quantizer setup is seen, not silent.
+    Under device noise, the count of noised coordinates clamped into SecAgg+'s range: the
+    mechanism's failure event (planned below 1e-15 per run, and added to δ), 0 unless it happens.
     """
-    return PRIVATE_WEIGHT, {**metrics, SECAGG_CLIPPED: quantizer_clips}
+    out: Metrics = {**metrics, SECAGG_CLIPPED: quantizer_clips}
+    if noise_clamped is not None:
+        out[NOISE_CLAMPED] = noise_clamped
+    return PRIVATE_WEIGHT, out
 
 
 def shape_evaluate_reply(

@@ -22,6 +22,7 @@ from server.pipeline import Pipeline
 from server.sampling import CountSampler, PoissonSampler, Sampler
 from server.secagg import GuardedSecAggPlusWorkflow
 from server.steps import (
+    DeviceNoise,
     DeviceReports,
     EnoughReplies,
     MeanOfTrained,
@@ -42,6 +43,7 @@ from shared.config import RunConfig
 from shared.models import global_arrays, global_names
 from shared.records import CHECKPOINT_FILE
 from shared.rundir import RunDirectory
+from shared.secagg import plan_device_noise
 from shared.split import catalog_size
 
 app = ServerApp()
@@ -64,6 +66,16 @@ def build_round(
     )
     plan = config.secagg_plan()  # None without SecAgg+; else derived so nothing clips or wraps
     user = UserDPState()
+    if config.device_noise:  # the noise plan is derived from these once the population is known
+        user.secagg, user.dimension = plan, model.size
+        if not config.dp_user_target_epsilon:  # known now: refuse an unsafe plan at setup
+            plan_device_noise(
+                plan,
+                model.size,
+                config.dp_user_noise_multiplier,
+                config.noise_min_survivors,
+                config.num_server_rounds,
+            )
     if config.dp_user:
         sampler: Sampler = PoissonSampler(config, user)
     else:
@@ -78,8 +90,10 @@ def build_round(
         reports,
         *([ServerClip(config.dp_user_clip_norm)] if config.dp_user and plaintext else []),
         *([EnoughReplies(config.min_fit_clients)] if plaintext else []),  # else: skip the round
-        PlaintextSum(model, uniform=uniform) if plaintext else SecAggSum(plan, model),
-        UserLevelNoise(config, user) if config.dp_user else MeanOfTrained(),  # who adds noise
+        PlaintextSum(model, uniform=uniform)
+        if plaintext
+        else SecAggSum(plan, model, user.noise_plan),
+        release(config, user),  # who adds the noise: nobody, the server or the devices
         optimizer,
         RoundRecorder(run_dir, config.num_server_rounds),  # metrics.jsonl + progress line
         PrivacyLedger(config, run_dir),  # privacy_ledger.jsonl (DP runs)
@@ -89,6 +103,13 @@ def build_round(
         ),
     ]
     return sampler, Pipeline(steps), model
+
+
+def release(config: RunConfig, user: UserDPState):
+    """The RELEASE step: the one place that decides who adds the noise (docs/design.md §4)."""
+    if not config.dp_user:
+        return MeanOfTrained()
+    return DeviceNoise(config, user) if config.device_noise else UserLevelNoise(config, user)
 
 
 @app.main()
@@ -125,8 +146,12 @@ def main(grid: Grid, context: Context) -> None:
         config=ServerConfig(num_rounds=config.num_server_rounds - done),
         strategy=strategy,
     )
-    plan = config.secagg_plan()
-    fit_workflow = None if plan is None else GuardedSecAggPlusWorkflow(plan, strategy.secagg_stage)
+    secagg = pipeline.find(SecAggSum)  # its plan: with device noise, c is derived at round 1
+    fit_workflow = (
+        None
+        if secagg is None
+        else GuardedSecAggPlusWorkflow(lambda: secagg.plan, strategy.secagg_stage)
+    )
     # Flower's workflow waits for replies without a timeout: every wait gets round-timeout.
     DefaultWorkflow(fit_workflow=fit_workflow)(TimedGrid(grid, config.round_timeout), legacy)
 

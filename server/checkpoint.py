@@ -27,12 +27,13 @@ from server.optimizers import ModelState, OptimizerState
 from server.pipeline import Phase, Step, Unit
 from server.round import RoundState
 from server.steps import DeviceReports, ServerOptimizer
-from server.user_dp import UserDPState, UserLevelDP
+from server.user_dp import DeviceNoiseDP, UserDPState, UserLevelDP
 from shared.config import RunConfig
 from shared.models import global_arrays, global_names
 from shared.privacy import PrivacyHistory
 from shared.records import CHECKPOINT_FILE
 from shared.rundir import atomic_save_npz
+from shared.skellam import SkellamHistory
 from shared.split import catalog_size
 
 FORMAT = 1  # the layout of the file below; bumped when it changes
@@ -69,7 +70,12 @@ class Checkpoint:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         dp = self.user_dp.mechanism
-        scalars = None if dp is None else {k: v for k, v in asdict(dp).items() if k != "history"}
+        if isinstance(dp, DeviceNoiseDP):  # device noise: its plan and a Skellam history
+            scalars = {"kind": "devices", **dp.to_meta()}
+        else:
+            scalars = (
+                None if dp is None else {k: v for k, v in asdict(dp).items() if k != "history"}
+            )
         meta = {
             "format": FORMAT,
             "round": self.round,
@@ -109,9 +115,14 @@ class Checkpoint:
             for m in _MOMENTS
         }
         user = UserDPState(population=meta["population"], stopped=meta["stopped"])
-        if meta["user_dp"] is not None:
+        scalars = meta["user_dp"]
+        if scalars is not None and scalars.get("kind") == "devices":
+            history = SkellamHistory.from_array(arrays["user_history"])
+            fields = {k: v for k, v in scalars.items() if k != "kind"}
+            user.mechanism = DeviceNoiseDP.from_meta(fields, history)
+        elif scalars is not None:
             history = PrivacyHistory.from_array(arrays["user_history"])
-            user.mechanism = UserLevelDP(**meta["user_dp"], history=history)
+            user.mechanism = UserLevelDP(**scalars, history=history)
         return cls(
             round=meta["round"],
             version=meta["version"],

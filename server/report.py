@@ -56,6 +56,18 @@ CAVEATS = {
     "trust": "User-level DP (DP-FedAvg, McMahan et al. 2018) protects against anyone who sees the "
     "released global model, not against the server, which sees the clipped updates (or with "
     "SecAgg, their un-noised sum): it is central DP with a trusted aggregator.",
+    "devices": 'User-level DP with device-added noise (dp-noise-source = "devices"): every '
+    "device adds its share of Skellam noise (Agarwal, Kairouz, Liu 2021) to its clipped, "
+    "quantized update before SecAgg+ masks it, and the server adds nothing. The ε holds against "
+    "whoever sees the released models AND a semi-honest server, provided SecAgg+ holds (at "
+    "least {m} devices of a round follow the protocol honestly, the server follows it too) and "
+    "the devices follow the protocol; it assumes the devices' noise is secret (OS entropy). "
+    "Each device adds enough for the sum of {m} survivors; the ε is computed from the noise the "
+    "survivors actually added (fewest in one round: {s}). Accounted by the Skellam RDP bound "
+    "(Theorem 3.5) under Poisson subsampling (Zhu & Wang 2019, Theorem 6).",
+    "clamp": "Device noise can fail only by clamping a noised coordinate into SecAgg+'s range: "
+    "{n} coordinates were clamped; the plan bounds the chance of any clamp over the run by {p}, "
+    "which adds {d} to δ.",
     "poisson": "Clients are sampled by Poisson sampling (q = {q}) and the noisy sum is divided by "
     "a fixed denominator (the expected cohort, {k}), which is what the {acc} accountant assumes.",
     "not_poisson": "{unit} sampling is recorded as '{s}', not Poisson: the {acc} accountant "
@@ -158,6 +170,7 @@ def _interaction(config: dict, ledger: Ledger, caveats: list[str]) -> dict[str, 
     return {
         "enabled": True,
         "unit": INTERACTION_UNIT,
+        "noise_source": "device-local",  # each device noises its own DP-SGD steps
         "epsilon_max": eps_max,
         "epsilon_max_round": reported[maxes.index(eps_max)][0] if maxes else None,
         "epsilon_median": stats.epsilon_median,
@@ -198,7 +211,29 @@ def _user(config: dict, ledger: Ledger, rejected: int, caveats: list[str]) -> di
     skipped = [str(u.status) for _, _, u in rows if str(u.status).startswith("skip")]
     sampled = sum(int(u.sampled or 0) for _, _, u in rows)
     replied = sum(int(u.replied or 0) for _, _, u in rows)
-    caveats.append(CAVEATS["trust"])
+    source = last.noise_source or "server"  # older ledgers: the server added it
+    devices = {}
+    if source == "devices":
+        survivors = [int(u.survivors) for _, _, u in rows if u.survivors is not None]
+        clamped = sum(int(u.noise_clamped or 0) for _, _, u in rows)
+        caveats.append(
+            CAVEATS["devices"].format(m=last.min_survivors, s=min(survivors, default="none"))
+        )
+        caveats.append(
+            CAVEATS["clamp"].format(
+                n=clamped, p=fmt(last.clamp_probability), d=fmt(last.clamp_delta)
+            )
+        )
+        devices = {
+            "mu_device": last.mu_device,
+            "min_survivors": last.min_survivors,
+            "survivors_min": min(survivors, default=None),
+            "noise_clamped": clamped,
+            "clamp_probability": last.clamp_probability,
+            "clamp_delta": last.clamp_delta,  # add to δ
+        }
+    else:
+        caveats.append(CAVEATS["trust"])
     if poisson:
         q, k = fmt(last.sample_rate), fmt(last.expected_cohort)
         caveats.append(CAVEATS["poisson"].format(q=q, k=k, acc=acc))
@@ -211,6 +246,11 @@ def _user(config: dict, ledger: Ledger, rejected: int, caveats: list[str]) -> di
     return {
         "enabled": True,
         "unit": USER_UNIT,
+        "noise_source": source,
+        "holds_against": "released models and a semi-honest server (SecAgg+ holds)"
+        if source == "devices"
+        else "released models (the server is trusted)",
+        **devices,
         "epsilon": max(e for _, e in eps) if eps else None,
         "delta": _or(last.delta, config.get("dp-user-delta")),
         "accountant": acc,

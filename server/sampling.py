@@ -16,7 +16,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from server.round import RoundState
-from server.user_dp import UserDPState, UserLevelDP
+from server.user_dp import UserDPState
 from shared.config import RunConfig
 
 
@@ -63,7 +63,7 @@ class PoissonSampler:
         state = self.state
         state.population = len(everyone)
         if state.mechanism is None:
-            state.mechanism = UserLevelDP.from_config(self.config, state.population)
+            state.mechanism = state.create(self.config)  # server or device noise
         dp = state.mechanism
         if state.stopped is None and dp.would_pass_cap(state.population):
             state.stopped = (

@@ -22,7 +22,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 
 from server.validation import InvalidReply
 from shared.secagg import SecAggPlan
-from shared.wire import SECAGG_CLIPPED
+from shared.wire import NOISE_CLAMPED, SECAGG_CLIPPED
 
 # The mean of updates of norm <= B has norm <= B; quantization adds far less than this slack.
 NORM_SLACK = 1e-3
@@ -35,9 +35,26 @@ class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
     the round halted there.
     """
 
-    def __init__(self, plan: SecAggPlan, on_stage: Callable[[str, int, str | None], None]) -> None:
-        super().__init__(**plan.workflow_kwargs())
+    def __init__(
+        self,
+        plan: SecAggPlan | Callable[[], SecAggPlan],
+        on_stage: Callable[[str, int, str | None], None],
+    ) -> None:
+        # A callable plan is read at every setup stage, after the strategy sampled the round:
+        # under device noise the clipping range is derived once the population is known.
+        self._plan = plan if callable(plan) else (lambda: plan)
+        super().__init__(**self._plan().workflow_kwargs())
         self.on_stage = on_stage
+
+    @property
+    def clipping_range(self) -> float:
+        """Read by Flower's setup stage after ``configure_fit``: the plan in force."""
+        return self._plan().clipping_range
+
+    @clipping_range.setter
+    def clipping_range(self, value: float) -> None:  # Flower's __init__ assigns it
+        if value != self._plan().clipping_range:
+            raise ValueError("the SecAgg+ clipping range comes from the plan only")
 
     def _checked(self, stage: str, ok: bool, state) -> bool:
         sampled, active = len(state.sampled_node_ids), len(state.active_node_ids)
@@ -71,8 +88,12 @@ def unmasked_mean(
     results: Sequence[tuple[ClientProxy, FitRes]],
     shapes: Sequence[tuple[int, ...]],
     plan: SecAggPlan,
+    noise_norm: float = 0.0,
 ) -> list[np.ndarray]:
-    """The round's unmasked mean update, checked; raises :class:`InvalidReply` if unusable."""
+    """The round's unmasked mean update, checked; raises :class:`InvalidReply` if unusable.
+
+    ``noise_norm``: how much device-added noise may add to the mean's norm (0: none added).
+    """
     weights = sorted({res.num_examples for _, res in results})
     if weights != [1]:
         raise InvalidReply(
@@ -85,12 +106,21 @@ def unmasked_mean(
     if not all(np.isfinite(a).all() for a in mean):
         raise InvalidReply("the unmasked aggregate contains NaN or Inf")
     norm = float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in mean)))
-    if norm > plan.bound * (1 + NORM_SLACK):
+    if norm > plan.bound * (1 + NORM_SLACK) + noise_norm:
         raise InvalidReply(
             f"the unmasked mean update has L2 norm {norm:.4g} > the bound {plan.bound:g} that "
-            "every device clips to: a device did not clip, or the sum wrapped around"
+            f"every device clips to (plus {noise_norm:.4g} for device noise): a device did not "
+            "clip, or the sum wrapped around"
         )
     return [a.astype(np.float64) for a in mean]
+
+
+def noise_clamped(results: Sequence[tuple[ClientProxy, FitRes]]) -> int:
+    """Coordinates the devices clamped into SecAgg+'s range after noising, as they report it."""
+    counts = [res.metrics.get(NOISE_CLAMPED) for _, res in results]
+    if any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in counts):
+        raise InvalidReply(f"devices must report {NOISE_CLAMPED} as a count, got {counts}")
+    return int(sum(counts))
 
 
 def clipped_fraction(results: Sequence[tuple[ClientProxy, FitRes]], num_coordinates: int) -> float:

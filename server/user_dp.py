@@ -22,17 +22,25 @@ added to the unmasked sum (:meth:`UserLevelDP.aggregate_sum`). A SecAgg+ round t
 released nothing computed from the updates (no noised sum exists), yet it is still accounted like
 any other sampled round: ε stays an upper bound, and dropouts an adversary could provoke never
 lower the reported ε.
+
+With ``dp-noise-source = "devices"`` (:class:`DeviceNoiseDP`) the server adds nothing: each device
+adds its share of Skellam noise before SecAgg+ masks its update (:mod:`client.noise`), and the
+accountant (:mod:`shared.skellam`) composes the noise the survivors actually added, round by round
+(docs/design.md §4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
+from shared import skellam
 from shared.config import RunConfig
 from shared.privacy import PrivacyHistory, clip_update, noise_for_target
+from shared.secagg import DeviceNoisePlan, SecAggPlan, plan_device_noise
 from shared.streams import Stream, generator, secret_seed
 
 
@@ -104,16 +112,10 @@ class UserLevelDP:
         return mechanism
 
     def _rng(self, stream: Stream, server_round: int) -> np.random.Generator:
-        # Who is sampled and the noise must be secret: an observer who could replay them from the
-        # run's seed (it is in config.json) would strip the noise and lose no amplification.
-        if self.seed is None:
-            return np.random.default_rng(secret_seed(128))
-        return generator(self.seed, stream, server_round)
+        return mechanism_rng(self.seed, stream, server_round)
 
     def sample_rate(self, population: int) -> float:
-        if self.clients_per_round:
-            return min(1.0, self.clients_per_round / population)
-        return self.sample_fraction
+        return sample_rate(self.clients_per_round, self.sample_fraction, population)
 
     def epsilon(self) -> float:
         return self.history.epsilon(self.delta, self.accountant)
@@ -128,9 +130,7 @@ class UserLevelDP:
     def sample(self, node_ids: Sequence[int], server_round: int) -> list[int]:
         """Poisson sampling: each node independently with probability q; accounts the round."""
         q = self.sample_rate(len(node_ids))
-        rng = self._rng(Stream.USER_DP_SAMPLING, server_round)
-        ordered = sorted(node_ids)
-        chosen = [node for node, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
+        chosen = poisson_draw(node_ids, q, self._rng(Stream.USER_DP_SAMPLING, server_round))
         self.history = self.history.add(self.noise_multiplier, q, 1)
         return chosen
 
@@ -161,6 +161,144 @@ class UserLevelDP:
         return self.noise_multiplier * self.clip_norm / (self.sample_rate(population) * population)
 
 
+def mechanism_rng(seed: int | None, stream: Stream, server_round: int) -> np.random.Generator:
+    """The randomness of user-level sampling (and server noise): OS entropy unless seeded.
+
+    Who is sampled and the noise must be secret: an observer who could replay them from the
+    run's seed (it is in config.json) would strip the noise and lose no amplification.
+    """
+    if seed is None:
+        return np.random.default_rng(secret_seed(128))
+    return generator(seed, stream, server_round)
+
+
+def sample_rate(clients_per_round: int, fraction: float, population: int) -> float:
+    """q: a fixed ``clients-per-round`` over the population, else ``fraction-fit``."""
+    if clients_per_round:
+        return min(1.0, clients_per_round / population)
+    return fraction
+
+
+def poisson_draw(node_ids: Sequence[int], q: float, rng: np.random.Generator) -> list[int]:
+    """Poisson sampling: each node independently with probability q (sorted: seeded runs repeat)."""
+    ordered = sorted(node_ids)
+    return [node for node, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
+
+
+@dataclass
+class DeviceNoiseDP:
+    """User-level DP with the noise added by the devices inside SecAgg+ (Skellam mechanism).
+
+    The server samples (Poisson, as :class:`UserLevelDP`), adds nothing, and accounts the noise
+    actually present: each device adds Sk(mu_device) (``plan.mu_device``), so a sum of s survivors
+    holds Sk(mu_device * s). A round is accounted when sampled with the fewest survivors SecAgg+
+    allows (``plan.min_survivors``: conservative, and what stays if the round halts), then
+    :meth:`settle` re-accounts it with the survivors the protocol reports, so a round with fewer
+    survivors shows a larger ε, never a hidden one.
+    """
+
+    plan: DeviceNoisePlan
+    clip_norm: float
+    delta: float
+    epsilon_cap: float
+    sample_fraction: float
+    clients_per_round: int
+    seed: int | None
+    history: skellam.SkellamHistory = field(default_factory=skellam.SkellamHistory)
+    accountant: str = "rdp"  # Skellam RDP (shared.skellam), converted as Opacus' RDP does
+
+    @classmethod
+    def from_config(
+        cls, config: RunConfig, population: int, dimension: int, secagg: SecAggPlan
+    ) -> DeviceNoiseDP:
+        """The mechanism for this run; with a target ε, mu is calibrated at ``min_survivors``."""
+        q = sample_rate(config.clients_per_round, config.fraction_fit, population)
+        rounds = config.num_server_rounds
+        mu_for = None
+        if config.dp_user_target_epsilon > 0:
+
+            def mu_for(scale: float) -> float:
+                return skellam.mu_for_target(
+                    config.dp_user_target_epsilon,
+                    config.dp_user_delta,
+                    q,
+                    rounds,
+                    scale,
+                    dimension,
+                    config.dp_user_clip_norm,
+                )
+
+        plan = plan_device_noise(
+            secagg,
+            dimension,
+            config.dp_user_noise_multiplier,
+            config.noise_min_survivors,
+            rounds,
+            mu_for,
+        )
+        return cls(
+            plan=plan,
+            clip_norm=config.dp_user_clip_norm,
+            delta=config.dp_user_delta,
+            epsilon_cap=config.dp_user_epsilon_cap,
+            sample_fraction=config.fraction_fit,
+            clients_per_round=config.clients_per_round,
+            seed=config.seed if config.dp_reproducible_noise else None,
+        )
+
+    def sample_rate(self, population: int) -> float:
+        return sample_rate(self.clients_per_round, self.sample_fraction, population)
+
+    def _round(self, q: float, survivors: int) -> tuple[float, float, float, float]:
+        return (self.plan.mu_device * survivors, q, self.plan.l1, self.plan.l2)
+
+    def epsilon(self) -> float:
+        return self.history.epsilon(self.delta)
+
+    def would_pass_cap(self, population: int) -> bool:
+        """Whether one more round at the fewest survivors would take ε past the cap."""
+        if not self.epsilon_cap:
+            return False
+        q = self.sample_rate(population)
+        after = self.history.add(*self._round(q, self.plan.min_survivors))
+        return after.epsilon(self.delta) > self.epsilon_cap
+
+    def sample(self, node_ids: Sequence[int], server_round: int) -> list[int]:
+        """Poisson sampling; accounts the round at the fewest survivors (see :meth:`settle`)."""
+        q = self.sample_rate(len(node_ids))
+        rng = mechanism_rng(self.seed, Stream.USER_DP_SAMPLING, server_round)
+        chosen = poisson_draw(node_ids, q, rng)
+        self.history = self.history.add(*self._round(q, self.plan.min_survivors))
+        return chosen
+
+    def settle(self, survivors: int, population: int) -> None:
+        """Re-account this round with the noise present: ``survivors`` devices' shares.
+
+        A sum of fewer survivors than planned (which the plan refuses at setup) is accounted as
+        it is: its ε is larger, and shown.
+        """
+        q = self.sample_rate(population)
+        self.history = self.history.replace_last_round(*self._round(q, survivors))
+
+    def mu_present(self, survivors: int) -> float:
+        return self.plan.mu_device * survivors
+
+    def noise_stddev(self, population: int, survivors: int) -> float:
+        """Std of the noise on the released average: sqrt(mu present) / scale / (q N)."""
+        return self.plan.float_stddev(survivors) / (self.sample_rate(population) * population)
+
+    def to_meta(self) -> dict[str, Any]:
+        """Plain data for a checkpoint (the history is saved as an array beside it)."""
+        return {k: v for k, v in asdict(self).items() if k != "history"}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], history: skellam.SkellamHistory) -> DeviceNoiseDP:
+        plan = dict(meta["plan"])
+        plan["secagg"] = SecAggPlan(**plan["secagg"])
+        fields_ = {k: v for k, v in meta.items() if k != "plan"}
+        return cls(plan=DeviceNoisePlan(**plan), **fields_, history=history)
+
+
 @dataclass
 class UserDPState:
     """The run's user-level DP state, shared by the Poisson sampler and the noise step.
@@ -170,6 +308,22 @@ class UserDPState:
     did.
     """
 
-    mechanism: UserLevelDP | None = None
+    mechanism: UserLevelDP | DeviceNoiseDP | None = None
     population: int = 0
     stopped: str | None = None
+    # Device noise only: what the mechanism is derived from when the population is first known.
+    dimension: int = 0
+    secagg: SecAggPlan | None = None
+
+    def create(self, config: RunConfig) -> UserLevelDP | DeviceNoiseDP:
+        """The run's mechanism, once the population is known (the first round)."""
+        if config.device_noise:
+            if self.secagg is None or not self.dimension:
+                raise ValueError("device noise needs the SecAgg+ plan and the model's dimension")
+            return DeviceNoiseDP.from_config(config, self.population, self.dimension, self.secagg)
+        return UserLevelDP.from_config(config, self.population)
+
+    def noise_plan(self) -> DeviceNoisePlan | None:
+        """The device-noise plan in force (None before the first round or for server noise)."""
+        dp = self.mechanism
+        return dp.plan if isinstance(dp, DeviceNoiseDP) else None

@@ -25,6 +25,7 @@ from shared.privacy import ACCOUNTANTS
 from shared.secagg import SecAggConfigError, SecAggPlan, plan_secagg
 
 STRATEGIES = ("fedavg", "fedadam", "itemsum")
+NOISE_SOURCES = ("server", "devices")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -96,6 +97,9 @@ class RunConfig:
     dp_user_target_epsilon: float
     dp_user_delta: float
     dp_user_epsilon_cap: float
+    # who adds the user-level noise: the server, or the devices inside SecAgg+ (Skellam)
+    dp_noise_source: str
+    dp_noise_min_survivors: int  # 0: secagg-reconstruction-threshold (the fewest SecAgg+ allows)
     # secure aggregation (SecAgg+)
     secagg: bool
     secagg_num_shares: int
@@ -147,6 +151,17 @@ class RunConfig:
         count), and under user-level DP or SecAgg+ no aggregation rule needs them.
         """
         return self.dp_interaction or self.dp_user or self.secagg
+
+    @property
+    def device_noise(self) -> bool:
+        """Whether the devices add the user-level noise inside SecAgg+ (docs/design.md §4)."""
+        return self.dp_user and self.dp_noise_source == "devices"
+
+    @property
+    def noise_min_survivors(self) -> int:
+        """The fewest devices whose noise the sum must hold: SecAgg+ never finishes with fewer
+        than its reconstruction threshold, which is the default."""
+        return self.dp_noise_min_survivors or self.secagg_reconstruction_threshold
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -224,6 +239,7 @@ class RunConfig:
             )
         self._validate_privacy()
         self._validate_secagg()
+        self._validate_noise_source()
 
     def _require(self, keys: tuple[str, ...], ok, requirement: str) -> None:
         for key in keys:
@@ -272,6 +288,34 @@ class RunConfig:
             raise ConfigError(
                 "dp-user is on but neither dp-user-noise-multiplier nor dp-user-target-epsilon is "
                 "set: with no noise there is no privacy; set one of them"
+            )
+
+    def _validate_noise_source(self) -> None:
+        _one_of("dp-noise-source", self.dp_noise_source, NOISE_SOURCES)
+        if self.dp_noise_min_survivors < 0:
+            raise ConfigError(
+                f"dp-noise-min-survivors must be 0 (the SecAgg+ reconstruction threshold) or "
+                f"positive, got {self.dp_noise_min_survivors}"
+            )
+        if self.dp_noise_source != "devices":
+            return
+        if not (self.secagg and self.dp_user):
+            raise ConfigError(
+                'dp-noise-source = "devices" needs secagg = true and dp-user = true (the devices '
+                'add the user-level noise inside SecAgg+): set both, or dp-noise-source = "server"'
+            )
+        if self.dp_accountant != "rdp":
+            raise ConfigError(
+                f'dp-noise-source = "devices" is accounted by the Skellam RDP accountant, not '
+                f'{self.dp_accountant!r}: set dp-accountant = "rdp"'
+            )
+        threshold = self.secagg_reconstruction_threshold
+        if self.noise_min_survivors > threshold:
+            raise ConfigError(
+                f"dp-noise-min-survivors {self.dp_noise_min_survivors} is more than SecAgg+ "
+                f"guarantees: a round can finish with secagg-reconstruction-threshold "
+                f"{threshold} survivors, whose noise would be below the plan; use "
+                f"dp-noise-min-survivors <= {threshold} (0: {threshold})"
             )
 
     def _validate_secagg(self) -> None:

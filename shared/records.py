@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from shared.wire import EVAL_METRICS
 
@@ -98,6 +98,7 @@ class RoundRecord:
     secagg_survivors: int | None = None
     secagg_dropped: int | None = None
     secagg_clipped_fraction: float | None = None
+    noise_clamped: int | None = None  # device noise: coordinates clamped into SecAgg+'s range
     train_loss: float | None = None
     fit_seconds: float | None = None
     model_sha256: str | None = None  # the global model after the round (proof a skip kept it)
@@ -132,15 +133,21 @@ class RoundRecord:
 
 # -- privacy_ledger.jsonl ----------------------------------------------------------------------
 class _Unit:
-    """A ledger unit: off, it is written as ``{"enabled": false}`` alone; on, with every field."""
+    """A ledger unit: off, it is written as ``{"enabled": false}`` alone; on, with every field
+    except the ``OPTIONAL`` ones that are unset (fields added later: older rows round-trip)."""
 
     enabled: bool | None
     extra: Mapping[str, Any]
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
         if not self.enabled:
             return {"enabled": bool(self.enabled)} | dict(self.extra)
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}  # type: ignore[arg-type]
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)  # type: ignore[arg-type]
+            if f.name != "extra" and not (f.name in self.OPTIONAL and getattr(self, f.name) is None)
+        }
         return out | dict(self.extra)
 
 
@@ -168,7 +175,9 @@ class InteractionLevel(_Unit):
     noise_multiplier_max: float | None = None
     devices_at_cap: int | None = None  # distinct devices that declined so far (cumulative)
     budget_exhausted: int | None = None  # devices that declined this round
+    noise_source: str | None = None  # "device-local": each device noises its own DP-SGD steps
     extra: Mapping[str, Any] = field(default_factory=dict)
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"noise_source"})
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,27 @@ class UserLevel(_Unit):
     epsilon: float | None = None
     rounds_accounted: int | None = None
     status: str | None = None  # "aggregated", "stopped" or "skipped: <why>"
+    # Who added the noise: "server" (absent in older ledgers: the server) or "devices".
+    noise_source: str | None = None
+    # dp-noise-source = "devices" only (integer units of SecAgg+'s quantizer; docs/design.md §4):
+    mu_device: float | None = None  # Skellam variance per coordinate each device adds
+    min_survivors: int | None = None  # the noise suffices with this many devices in the sum
+    survivors: int | None = None  # devices whose noise is in this round's sum
+    mu_present: float | None = None  # mu_device * survivors: what ε is computed from
+    scale: float | None = None  # integer units per float unit
+    l2_sensitivity: float | None = None  # Δ2 after conditional rounding
+    l1_sensitivity: float | None = None  # Δ1
+    noise_clamped: int | None = None  # coordinates clamped this round (the failure event)
+    clamp_probability: float | None = None  # P(any clamp so far) <= this (union bound)
+    clamp_delta: float | None = None  # (1 + e^ε) clamp_probability: add it to δ
     extra: Mapping[str, Any] = field(default_factory=dict)
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset(
+        {
+            *("noise_source", "mu_device", "min_survivors", "survivors", "mu_present", "scale"),
+            *("l2_sensitivity", "l1_sensitivity", "noise_clamped", "clamp_probability"),
+            "clamp_delta",
+        }
+    )
 
 
 @dataclass(frozen=True)

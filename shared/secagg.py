@@ -24,8 +24,8 @@ configuration is refused with the largest cohort that would work.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -172,3 +172,176 @@ def quantizer_clip_count(
     ratio = round(weight / max_weight * quantization_range) / quantization_range
     clipped = (np.count_nonzero(np.abs(np.asarray(u) * ratio) > clipping_range) for u in update)
     return int(sum(clipped))
+
+
+# -- device-added noise (dp-noise-source = "devices"; docs/design.md §4) -----------------------
+# The chance that ANY coordinate of ANY device in ANY planned round is clamped into [0, T] (the
+# Skellam noise's tail, union bound): the plan refuses a larger one. Clamping is the mechanism's
+# only failure event; the ledger adds (1 + e^ε) times its bound to δ (see DeviceNoisePlan).
+CLAMP_BUDGET = 1e-15
+# Conditional rounding may inflate the l2 sensitivity Δ2 / (scale S) by at most this much.
+ROUNDING_TOLERANCE = 0.01
+MAX_RANGE_DOUBLINGS = 60  # c is searched among S-rounded-up powers of two, up to 2^60 times S
+# NumPy's Poisson sampler loses accuracy for very large means (numpy 2.4: at mean 7.5e14 the
+# variance comes out 13 % high; at 1e12 it is right, tests/shared/test_skellam.py): the plan
+# widens c (a coarser step, hence a smaller mu in integer units) until each device's Skellam
+# variance is at most this (each of its two Poisson means at most 2^40).
+MAX_DEVICE_MU = 2.0**41
+
+
+@dataclass(frozen=True)
+class DeviceNoisePlan:
+    """SecAgg+ with every device adding Skellam noise in the integer domain, before masking.
+
+    A device scales its clipped update by ``scale`` = T / (2 c) (c, T powers of two: the float
+    a device sends then quantizes back to exactly its integer, see :func:`encode_exactly`),
+    rounds it conditionally to l2 <= ``l2`` (Δ2), adds Sk(``mu_device``) to every coordinate,
+    shifts by T / 2 and clamps into [0, T]. With at least ``min_survivors`` devices in the sum,
+    the noise present is Sk(mu_device * survivors) >= Sk(``mu_target``).
+    """
+
+    secagg: SecAggPlan  # clipping_range c and quantization_range T are powers of two here
+    dimension: int  # d: coordinates of the model's global part
+    scale: float  # integer units per float unit: T / (2 c)
+    l2: float  # Δ2 after conditional rounding (integer units)
+    l1: float  # Δ1 <= min(sqrt(d) Δ2, Δ2²)
+    mu_target: float  # the noise (variance per coordinate, integer units) at min_survivors
+    min_survivors: int
+    rounds: int  # the rounds the clamp bound was checked for
+    clamp_per_coordinate: float  # P(one coordinate of one device is clamped) <= this
+
+    @property
+    def mu_device(self) -> float:
+        return self.mu_target / self.min_survivors
+
+    def clamp_probability(self, rounds: int) -> float:
+        """P(any coordinate of any device is clamped within ``rounds`` rounds) <= this."""
+        return min(
+            1.0, rounds * self.secagg.max_cohort * self.dimension * self.clamp_per_coordinate
+        )
+
+    def float_stddev(self, survivors: int) -> float:
+        """Std of the noise on the float sum with ``survivors`` devices in it."""
+        return math.sqrt(self.mu_device * survivors) / self.scale
+
+
+def _power_of_two_at_least(x: float) -> float:
+    return 2.0 ** math.ceil(math.log2(x))
+
+
+def plan_device_noise(
+    plan: SecAggPlan,
+    dimension: int,
+    noise_multiplier: float,
+    min_survivors: int,
+    rounds: int,
+    mu_for: Callable[[float], float] | None = None,
+) -> DeviceNoisePlan:
+    """Scale, c, T, per-device mu and the sensitivities for device noise; refuse what is unsafe.
+
+    ``noise_multiplier`` z sets the noise on the sum at ``min_survivors``: std z S in float
+    units, as the server's N(0, (z S)^2). ``mu_for(scale)``, if given, returns the total mu in
+    integer units instead (a target ε calibrates it; it depends on the scale through Δ).
+    c is the smallest power of two >= S for which the clamping probability over ``rounds``
+    rounds is at most :data:`CLAMP_BUDGET` and mu_device at most :data:`MAX_DEVICE_MU`.
+    Refused with values that work: no such c before the rounding inflates Δ2 by more than 1 %.
+    """
+    if not 1 <= min_survivors <= plan.max_cohort:
+        raise SecAggConfigError(
+            f"dp-noise-min-survivors must be in [1, secagg-max-cohort {plan.max_cohort}], got "
+            f"{min_survivors}"
+        )
+
+    def mu_fixed(z: float) -> Callable[[float], float]:
+        return lambda scale: (z * plan.bound * scale) ** 2
+
+    found = _search(plan, dimension, mu_for or mu_fixed(noise_multiplier), min_survivors, rounds)
+    if found is not None:
+        return found
+    t = plan.quantization_range
+    where = (
+        f"SecAgg+'s {t.bit_length() - 1}-bit range for a {dimension}-coordinate model and "
+        f"secagg-max-cohort {plan.max_cohort}"
+    )
+    if mu_for is not None:  # a target ε chose the noise: only the protocol side can give
+        raise SecAggConfigError(
+            f"the device noise a target ε needs at {min_survivors} survivors cannot fit {where} "
+            "without clamping or coarse rounding: lower secagg-max-cohort (a smaller modulus "
+            'leaves T more bits), raise dp-user-target-epsilon, or use dp-noise-source = "server"'
+        )
+    low, high = 0.0, noise_multiplier  # the largest z that fits, by bisection
+    for _ in range(50):
+        mid = (low + high) / 2
+        fits = _search(plan, dimension, mu_fixed(mid), min_survivors, rounds) is not None
+        low, high = (mid, high) if fits else (low, mid)
+    survivors = math.ceil(min_survivors * (noise_multiplier / low) ** 2) if low > 0 else None
+    more = ""
+    if survivors is not None and survivors <= plan.max_cohort:
+        more = f" or dp-noise-min-survivors >= {survivors} (each device adds less)"
+    raise SecAggConfigError(
+        f"device noise of noise multiplier {noise_multiplier:g} at {min_survivors} survivors "
+        f"cannot fit {where} without clamping or coarse rounding: use dp-user-noise-multiplier "
+        f"<= {low * 0.999:.4g}{more}, lower secagg-max-cohort (a smaller modulus leaves T more "
+        'bits), or dp-noise-source = "server"'
+    )
+
+
+def _search(
+    plan: SecAggPlan,
+    dimension: int,
+    mu_for: Callable[[float], float],
+    min_survivors: int,
+    rounds: int,
+) -> DeviceNoisePlan | None:
+    """The smallest power-of-two c that holds the noise (see :func:`plan_device_noise`)."""
+    from shared import skellam  # the mechanism's math; imported here to keep the plan light
+
+    bound, t = plan.bound, plan.quantization_range
+    c = _power_of_two_at_least(bound * (1 + CLIP_MARGIN))
+    for _ in range(MAX_RANGE_DOUBLINGS):
+        scale = t / (2 * c)
+        l2 = skellam.rounded_l2(bound * scale, dimension)
+        if l2 > (1 + ROUNDING_TOLERANCE) * bound * scale:
+            return None  # a wider range only makes the step coarser
+        mu_target = mu_for(scale)
+        mu_device = mu_target / min_survivors
+        room = t / 2 - math.ceil(l2)  # |rounded coordinate| <= Δ2: the rest is for the noise
+        per_coordinate = skellam.tail_bound(mu_device, room)
+        clamp = rounds * plan.max_cohort * dimension * per_coordinate
+        if clamp <= CLAMP_BUDGET and mu_device <= MAX_DEVICE_MU:
+            return DeviceNoisePlan(
+                secagg=replace(plan, clipping_range=c),
+                dimension=dimension,
+                scale=scale,
+                l2=l2,
+                l1=skellam.rounded_l1(l2, dimension),
+                mu_target=mu_target,
+                min_survivors=min_survivors,
+                rounds=rounds,
+                clamp_per_coordinate=per_coordinate,
+            )
+        c *= 2
+    return None
+
+
+def encode_exactly(k: np.ndarray, clipping_range: float, quantization_range: int) -> np.ndarray:
+    """The float x that Flower's quantizer turns into exactly the integer k in [0, T].
+
+    Flower computes ``stochastic_round((clip(x, -c, c) + c) * T / (2c))``. With c and T powers of
+    two, x = k (2c / T) - c, x + c and (x + c) T / (2c) are exact in float64 (k < 2^31), and the
+    stochastic rounding of an integer is that integer.
+    """
+    if not (_is_power_of_two(clipping_range) and _is_power_of_two(quantization_range)):
+        raise ValueError(
+            f"device noise needs SecAgg+'s clipping range ({clipping_range!r}) and quantization "
+            f"range ({quantization_range!r}) to be powers of two: otherwise Flower's quantizer "
+            "rounds the noised integers again"
+        )
+    return np.asarray(k, dtype=np.float64) * (2 * clipping_range / quantization_range) - (
+        clipping_range
+    )
+
+
+def _is_power_of_two(x: float) -> bool:
+    mantissa, _ = math.frexp(float(x))
+    return x > 0 and mantissa == 0.5

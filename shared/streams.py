@@ -31,6 +31,7 @@ class Stream(IntEnum):
     AUDIT_USERS = 12  # which users an item-inference audit looks at
     DP_LIMITS_COHORT = 13  # the cohort the noise-to-signal diagnostic measures
     HOLDOUT = 14  # which of a user's tied latest interactions is held out (all tie: no timestamps)
+    DEVICE_NOISE = 15  # a device's Skellam noise and rounding under device noise (research runs)
     DP_POPULARITY = 20  # the DP popularity baseline's noise and capping (research runs only)
 
 

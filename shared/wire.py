@@ -14,6 +14,10 @@ SERVER_ROUND = "server-round"
 CLIP_NORM = "clipping_norm"
 # The L2 bound a device clips its update to before SecAgg+ masks it.
 SECAGG_BOUND = "confide.secagg-bound"
+# Device noise (dp-noise-source = "devices"): the Skellam variance per coordinate each device
+# adds, in SecAgg+'s integer units. The device derives everything else itself (the scale from
+# SecAgg+'s own setup, its rounding bound from the clip norm), so the server sets only this.
+NOISE_MU = "confide.noise-mu"
 
 # -- fit replies: metrics a device sends in plaintext ---------------------------------------------
 LOSS = "loss"  # training loss; never sent under DP or SecAgg+ (a function of the device's data)
@@ -21,6 +25,9 @@ DP_STATUS = "dp_status"  # one of the statuses below (interaction-level DP only)
 DP_EPSILON = "dp_epsilon"  # the device's ε so far, rounded to EPSILON_DECIMALS
 DP_NOISE_MULTIPLIER = "dp_noise_multiplier"  # σ of this round, rounded to EPSILON_DECIMALS
 SECAGG_CLIPPED = "secagg_clipped"  # coordinates SecAgg+'s quantizer would clip (0 by design)
+# Device noise: coordinates clamped into SecAgg+'s range after noising (the mechanism's failure
+# event, planned below 1e-15 per run; counted so that the ledger shows it if it ever happens)
+NOISE_CLAMPED = "noise_clamped"
 # Rounded: the exact ε and σ would reveal the device's sampling rate, hence its data size.
 EPSILON_DECIMALS = 1
 

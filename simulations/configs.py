@@ -3,6 +3,10 @@
 They travel in the wheel beside this module, so ``confide simulate --config smoke`` works from
 any directory after ``pip install``; in a source checkout ``--config simulations/smoke.toml``
 names the same file. A path that exists always wins over a name.
+
+Shipped: ``smoke`` (no privacy), ``smoke-dp`` (both DP units), ``smoke-secagg`` (SecAgg+ with
+server-added user-level noise), ``smoke-device-noise`` (SecAgg+ with the user-level noise added
+by the devices: docs/design.md §4), ``ml-100k``.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def test_in_a_checkout_flower_bundles_the_checkout():
 
 def test_config_names_a_shipped_file_or_a_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside the checkout: simulations/smoke.toml is not here
-    assert {"smoke", "smoke-dp", "smoke-secagg", "ml-100k"} <= set(shipped())
+    assert {"smoke", "smoke-dp", "smoke-secagg", "smoke-device-noise", "ml-100k"} <= set(shipped())
     assert config_path("smoke") == config_path("smoke.toml") == CONFIG_DIR / "smoke.toml"
     own = tmp_path / "smoke.toml"
     own.write_text("seed = 3\n")

@@ -1,18 +1,20 @@
 """RELEASE-phase steps: the round's sum becomes its released average update.
 
 This is the one place that decides who adds the noise: nobody (:class:`MeanOfTrained`), the
-server (:class:`UserLevelNoise`, DP-FedAvg), or, later, the devices under SecAgg+ (a step that
-adds nothing and records the noise the survivors added).
+server (:class:`UserLevelNoise`, DP-FedAvg), or the devices under SecAgg+ (:class:`DeviceNoise`,
+which adds nothing and records the noise the survivors added).
 """
 
 from __future__ import annotations
 
+import math
+
 from server.pipeline import Phase, Step
 from server.round import Aggregate, RoundState, RoundSum
-from server.user_dp import UserDPState
+from server.user_dp import DeviceNoiseDP, UserDPState
 from shared.config import RunConfig
 from shared.records import UserLevel
-from shared.wire import CLIP_NORM
+from shared.wire import CLIP_NORM, NOISE_MU
 
 
 class MeanOfTrained(Step):
@@ -70,5 +72,102 @@ class UserLevelNoise(Step):
                 epsilon=dp.epsilon(),
                 rounds_accounted=dp.history.steps,
                 status=rnd.status(),
+                # noise_source absent: the server (the ledger's rows stay as they were)
             )
         }
+
+
+class DeviceNoise(Step):
+    """Device-added noise (Skellam, inside SecAgg+): the server adds NOTHING and divides by q N.
+
+    It tells the devices S and the Skellam variance each adds (``plan.mu_device``), and records
+    the noise the sum actually holds: the survivors SecAgg+ reports times mu_device. The round
+    was accounted at the fewest survivors when sampled; here it is re-accounted with the
+    survivors, once, whether it then aggregates or is skipped after the unmask (the server saw
+    that sum either way). A halted round keeps the conservative entry.
+    """
+
+    phase = Phase.RELEASE
+    needs_one_of = ("SecAggSum",)  # the noise is added inside SecAgg+'s integer domain only
+
+    def __init__(self, config: RunConfig, state: UserDPState) -> None:
+        self.config = config
+        self.state = state
+        self._settled: int | None = None  # the last round re-accounted with its survivors
+
+    def _mechanism(self) -> DeviceNoiseDP:
+        dp = self.state.mechanism
+        if not isinstance(dp, DeviceNoiseDP):
+            raise RuntimeError("DeviceNoise needs the device-noise mechanism (dp-noise-source)")
+        return dp
+
+    def instructions(self, rnd: RoundState) -> dict:
+        return {
+            CLIP_NORM: self.config.dp_user_clip_norm,
+            NOISE_MU: self._mechanism().plan.mu_device,
+        }
+
+    def _settle(self, rnd: RoundState) -> None:
+        survivors = rnd.record.secagg_survivors
+        if survivors is None or self._settled == rnd.number or rnd.record.stopped is not None:
+            return
+        self._mechanism().settle(survivors, self.state.population)
+        self._settled = rnd.number
+
+    def release(self, rnd: RoundState, total: RoundSum) -> Aggregate:
+        self._settle(rnd)
+        population = self.state.population
+        denominator = self._mechanism().sample_rate(population) * population
+        return Aggregate(update=[t / denominator for t in total.total], cohort=denominator)
+
+    def ledger_units(self, rnd: RoundState) -> dict[str, UserLevel]:
+        dp, population, record = self.state.mechanism, self.state.population, rnd.record
+        if not isinstance(dp, DeviceNoiseDP):
+            return {"user_level": UserLevel(enabled=True, noise_source="devices")}
+        self._settle(rnd)
+        plan = dp.plan
+        survivors = record.secagg_survivors
+        counted = plan.min_survivors if survivors is None else survivors  # as accounted
+        epsilon = dp.epsilon()
+        clamp = plan.clamp_probability(dp.history.steps)
+        q = dp.sample_rate(population)
+        return {
+            "user_level": UserLevel(
+                enabled=True,
+                accountant="skellam-rdp",
+                # the Gaussian-equivalent z at the fewest survivors: sqrt(mu_target) / (scale S)
+                noise_multiplier=math.sqrt(plan.mu_target) / (plan.scale * dp.clip_norm),
+                clip_norm=dp.clip_norm,
+                sample_rate=q,
+                population=population,
+                expected_cohort=q * population,
+                sampled=record.fit_sampled or 0,
+                replied=(record.fit_replies or 0) - (record.budget_exhausted or 0),
+                noise_stddev=dp.noise_stddev(population, counted),
+                sampling="poisson",
+                delta=dp.delta,
+                epsilon_cap=self.config.dp_user_epsilon_cap or None,
+                epsilon=epsilon,
+                rounds_accounted=dp.history.steps,
+                status=rnd.status(),
+                noise_source="devices",
+                mu_device=plan.mu_device,
+                min_survivors=plan.min_survivors,
+                survivors=survivors,
+                mu_present=dp.mu_present(counted),
+                scale=plan.scale,
+                l2_sensitivity=plan.l2,
+                l1_sensitivity=plan.l1,
+                noise_clamped=record.noise_clamped,
+                clamp_probability=clamp,
+                clamp_delta=_clamp_delta(epsilon, clamp),
+            )
+        }
+
+
+def _clamp_delta(epsilon: float, clamp: float) -> float:
+    """(1 + e^ε) p: what a failure event of probability p adds to δ (total variation argument)."""
+    try:
+        return (1 + math.exp(epsilon)) * clamp
+    except OverflowError:
+        return math.inf

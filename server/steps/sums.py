@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from logging import WARNING
 
 import numpy as np
@@ -10,11 +12,15 @@ from flwr.common import log
 from server.optimizers import ModelState
 from server.pipeline import Phase, Step
 from server.round import Reply, RoundState, RoundSum, SkipRound, mean_loss
-from server.secagg import clipped_fraction, unmasked_mean
+from server.secagg import clipped_fraction, noise_clamped, unmasked_mean
 from server.validation import InvalidReply
 from shared.records import SecureAggregation
-from shared.secagg import SecAggPlan
+from shared.secagg import DeviceNoisePlan, SecAggPlan
 from shared.wire import SECAGG_BOUND
+
+# The norm of the device noise on the mean is checked against sqrt(d) + this many of its
+# standard deviations (a false rejection is then far below any probability that matters).
+NOISE_NORM_SIGMAS = 12.0
 
 # The derived protocol parameters a reviewer sees in the ledger (shared.secagg.SecAggPlan's names).
 PLAN_IN_LEDGER = (
@@ -65,9 +71,31 @@ class SecAggSum(Step):
 
     phase = Phase.SUM
 
-    def __init__(self, plan: SecAggPlan, model: ModelState) -> None:
-        self.plan = plan
+    def __init__(
+        self,
+        plan: SecAggPlan,
+        model: ModelState,
+        noise: Callable[[], DeviceNoisePlan | None] | None = None,
+    ) -> None:
+        self.base_plan = plan
         self.model = model
+        # Device noise: the plan in force (derived when the population is known, round 1).
+        self.noise = noise or (lambda: None)
+
+    @property
+    def plan(self) -> SecAggPlan:
+        """The protocol's parameters: with device noise, c is the noise plan's power of two."""
+        noise = self.noise()
+        return self.base_plan if noise is None else noise.secagg
+
+    def _noise_norm(self, survivors: int) -> float:
+        """How far device noise (and the devices' rounding) can move the mean's norm."""
+        noise = self.noise()
+        if noise is None or survivors <= 0:
+            return 0.0
+        root_d = math.sqrt(noise.dimension)
+        sigma = noise.float_stddev(survivors) / survivors
+        return 1.1 * (root_d + NOISE_NORM_SIGMAS) * sigma + root_d / noise.scale
 
     def instructions(self, rnd: RoundState) -> dict:
         return {SECAGG_BOUND: self.plan.bound}
@@ -103,12 +131,17 @@ class SecAggSum(Step):
         )
         results = [(None, r.res) for r in replies]
         try:
-            mean = unmasked_mean(results, self.model.shapes, self.plan)
+            noise = self._noise_norm(contributors)
+            mean = unmasked_mean(results, self.model.shapes, self.plan, noise_norm=noise)
             rnd.note(secagg_clipped_fraction=clipped_fraction(results, self.model.size))
+            if self.noise() is not None:
+                rnd.note(noise_clamped=noise_clamped(results))
         except InvalidReply as err:
             raise SkipRound(f"SecAgg+ aggregate rejected: {err}") from None
         if rnd.record.secagg_clipped_fraction:
             log(WARNING, "round %d: the SecAgg+ quantizer clipped coordinates", rnd.number)
+        if rnd.record.noise_clamped:
+            log(WARNING, "round %d: devices clamped noised coordinates", rnd.number)
         if not trained:
             raise SkipRound("no device trained")
         if (loss := mean_loss(trained)) is not None:

@@ -166,3 +166,48 @@ def test_a_deployed_device_refuses_the_fault_hook_on_every_message():
             fault_injection_mod(msg, deployed, _device(SENT))
     without = Context(1, 7, {"store-path": "/x/confide.db"}, RecordDict(), {})
     assert not fault_injection_mod(collect, without, _device(SENT)).has_error()
+
+
+NOISE_RUN = {
+    "dp-user": True,
+    "secagg": True,
+    "dp-noise-source": "devices",
+    "dp-interaction": True,
+    "dp-user-clip-norm": 0.5,
+}
+NOISE_STATE = {"clipping_range": 4.0, "target_range": 2**30, "max_weight": 1.0}
+
+
+def test_device_noise_is_added_in_the_quantizers_integers_before_masking():
+    from flwr.common.secure_aggregation.quantization import quantize
+
+    from shared.wire import NOISE_CLAMPED, NOISE_MU
+
+    new = [SENT[0] + 1.0, SENT[1] - 1.0]
+    msg = _train_message({SERVER_ROUND: 2, SECAGG_BOUND: 0.5, CLIP_NORM: 0.5, NOISE_MU: 1e6})
+    reply = user_clipping_mod(msg, _context(NOISE_STATE, **NOISE_RUN), _device(new))
+    res = recorddict_to_fitres(reply.content, keep_input=True)
+    sent = to_arrays(res.parameters)
+    k = quantize(sent, 4.0, 2**30)  # Flower's own quantizer, as secaggplus_mod calls it
+    step = 8.0 / 2**30
+    signal = 0.5 / np.sqrt(17) / step  # each coordinate of the clipped update, in steps
+    for part, ints, sign in zip(sent, k, (1.0, -1.0), strict=True):
+        np.testing.assert_array_equal(ints * step - 4.0, part)  # Flower gets exactly k back
+        noise = ints - 2**29 - sign * signal  # up to the rounding (< 1 step)
+        assert np.abs(noise).max() < 6 * 1000 + 1  # Sk(1e6) has std 1,000
+        assert np.abs(noise).max() > 1  # ... and it is there
+    assert res.metrics[NOISE_CLAMPED] == 0 and res.num_examples == 1
+
+
+def test_a_capped_device_refuses_a_device_noise_round_that_asks_for_no_noise():
+    from shared.wire import NOISE_MU
+
+    state = RecordDict()
+    state.config_records[RECORD_KEY_STATE] = ConfigRecord(NOISE_STATE)
+    values = small_config().to_mapping() | NOISE_RUN
+    capped = Context(1, 7, {"partition-id": 3, "device-epsilon-cap": 8.0}, state, values)
+    new = [SENT[0] + 1.0, SENT[1]]
+    for asks in ({}, {NOISE_MU: 0.0}):
+        msg = _train_message({SERVER_ROUND: 2, SECAGG_BOUND: 0.5, CLIP_NORM: 0.5} | asks)
+        with pytest.raises(PolicyViolation, match="device-epsilon-cap=8"):
+            user_clipping_mod(msg, capped, _device(new))

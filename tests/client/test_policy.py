@@ -91,3 +91,33 @@ def test_deployed_device_refuses_the_test_fault_hook():
         deployed.check_test_faults("1:collect:0")
     deployed.check_test_faults("")  # not set: nothing to refuse
     DevicePolicy.from_node_config({"partition-id": 3}).check_test_faults("1:collect:0")
+
+
+DEVICE_NOISE = {
+    "dp_interaction": True,
+    "dp_user": True,
+    "secagg": True,
+    "dp_noise_source": "devices",
+}
+
+
+@pytest.mark.parametrize("mu", [None, 0, 0.0, -1.0, float("nan"), float("inf"), "1e12", True])
+def test_a_device_with_a_cap_refuses_a_round_that_asks_for_no_noise(mu):
+    policy = DevicePolicy.from_node_config({"device-epsilon-cap": 8.0})
+    config = small_config(**DEVICE_NOISE)
+    policy.check_run(config)  # the run itself is acceptable: DP-SGD and device noise
+    with pytest.raises(PolicyViolation, match="device-epsilon-cap=8.*declines the round"):
+        policy.check_device_noise(config, mu)
+    policy.check_device_noise(config, 2.0e12)  # a real share of noise is accepted
+    with pytest.raises(PolicyViolation, match="no user-level ε holds"):
+        DevicePolicy().check_device_noise(config, mu)  # without a cap too
+
+
+def test_noise_asked_outside_a_device_noise_run_and_seeded_noise_are_refused():
+    with pytest.raises(PolicyViolation, match="inconsistent"):
+        DevicePolicy().check_device_noise(small_config(dp_user=True), 1.0)
+    DevicePolicy().check_device_noise(small_config(dp_user=True), None)
+    seeded = small_config(**DEVICE_NOISE, dp_reproducible_noise=True)
+    with pytest.raises(PolicyViolation, match="seeded from the run's seed"):
+        DevicePolicy(deployed=True).check_run(seeded)
+    DevicePolicy().check_run(seeded)  # a simulated device may (research runs)

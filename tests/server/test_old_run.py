@@ -15,7 +15,20 @@ def test_report_of_a_checked_in_run_is_what_todays_code_wrote(tmp_path, name):
     run = tmp_path / name
     shutil.copytree(FIXTURES / name, run)
     expected = json.loads((FIXTURES / name / "expected_privacy.json").read_text())
-    assert json.loads(json.dumps(build_report(run))) == expected
+    got = json.loads(json.dumps(build_report(run)))
+    # Added since the fixture was written (issue 11): who added the noise, and against whom the
+    # user-level ε holds. An old ledger has no noise_source: the server added it.
+    new_keys = {
+        "interaction_level": ("noise_source",),
+        "user_level": ("noise_source", "holds_against"),
+    }
+    added = {unit: {k: got[unit].pop(k, None) for k in keys} for unit, keys in new_keys.items()}
+    assert got == expected
+    if got["user_level"]["enabled"]:
+        assert added["user_level"]["noise_source"] == "server"
+        assert added["user_level"]["holds_against"] == "released models (the server is trusted)"
+    if got["interaction_level"]["enabled"]:
+        assert added["interaction_level"]["noise_source"] == "device-local"
     if name == "run-2026-12":
         assert expected["user_level"]["epsilon"] == 3.188991562633588
         assert expected["run"]["stopped"].startswith("user-level epsilon cap 3.5 reached")

@@ -315,3 +315,28 @@ def test_render_script_needs_a_report(tmp_path):
     script = ROOT / "simulations" / "research" / "render_report.py"
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True)
     assert done.returncode == 1 and b"confide report" in done.stderr
+
+
+def test_noise_source_names_who_added_the_noise(both_on, tmp_path):
+    privacy, _ = _report(both_on)  # a ledger from before noise_source: the server added it
+    assert privacy["user_level"]["noise_source"] == "server"
+    assert privacy["interaction_level"]["noise_source"] == "device-local"
+    assert "not against the server" in " ".join(privacy["caveats"])
+    device = user(1.4, 1) | {
+        "accountant": "skellam-rdp",
+        "noise_source": "devices",
+        "mu_device": 2.0e12,
+        "min_survivors": 4,
+        "survivors": 9,
+        "mu_present": 1.8e13,
+        "noise_clamped": 0,
+        "clamp_probability": 1e-30,
+        "clamp_delta": 2e-29,
+    }
+    run = make_run(tmp_path, "devices", {"dp-user": True}, [ledger_line(1, OFF, device)])
+    usr = _report(run)[0]["user_level"]
+    assert usr["noise_source"] == "devices" and usr["survivors_min"] == 9
+    assert usr["holds_against"].startswith("released models and a semi-honest server")
+    caveats = " ".join(_report(run)[0]["caveats"])
+    assert "AND a semi-honest server" in caveats and "not against the server" not in caveats
+    assert "0 coordinates were clamped" in caveats

@@ -178,3 +178,34 @@ def test_resolve_config_layers_file_sets_and_out(tmp_path, monkeypatch):
     assert resolve_config(None, [], None) == (RunConfig.from_mapping(defaults()), {})
     with pytest.raises(ConfigError, match="unknown config key"):
         resolve_config(None, ["num-rounds=3"], None)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dp_noise_source": "clients"}, "dp-noise-source must be one of server, devices"),
+        ({"dp_noise_source": "devices", "dp_user": True}, "needs secagg = true and dp-user"),
+        ({"dp_noise_source": "devices", "secagg": True}, "needs secagg = true and dp-user"),
+        (
+            {"dp_noise_source": "devices", "secagg": True, "dp_user": True, "dp_accountant": "prv"},
+            'set dp-accountant = "rdp"',
+        ),
+        (
+            {
+                **{"dp_noise_source": "devices", "secagg": True, "dp_user": True},
+                "dp_noise_min_survivors": 5,  # the threshold is 4: a round may end with 4
+            },
+            "use dp-noise-min-survivors <= 4",
+        ),
+        ({"dp_noise_min_survivors": -1}, "dp-noise-min-survivors must be 0"),
+    ],
+)
+def test_device_noise_settings_are_refused_with_the_fix(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        small_config(**changes)
+
+
+def test_device_noise_plans_for_the_reconstruction_threshold_by_default():
+    config = small_config(dp_noise_source="devices", secagg=True, dp_user=True)
+    assert config.device_noise and config.noise_min_survivors == 4
+    assert small_config(dp_user=True).device_noise is False

@@ -1,5 +1,7 @@
 """The derived SecAgg+ parameters, checked against Flower's own quantizer and modular arithmetic."""
 
+import math
+
 import numpy as np
 import pytest
 from flwr.common.secure_aggregation.ndarrays_arithmetic import (
@@ -138,3 +140,43 @@ def test_too_large_cohort_refused_with_a_cohort_that_works():
     with pytest.raises(SecAggConfigError, match=f"secagg-max-cohort <= {limit}"):
         plan(cohort=limit + 1)
     assert plan(cohort=limit).quantization_range >= 2**16
+
+
+# -- device noise ------------------------------------------------------------------------------
+def test_device_noise_plan_cannot_wrap_or_clamp_and_keeps_flowers_quantizer_exact():
+    from shared.secagg import CLAMP_BUDGET, MAX_DEVICE_MU, plan_device_noise
+
+    base = plan_secagg(0.5, 1000, 7, 4, 60.0)
+    noise = plan_device_noise(base, 60_000, 1.0, 4, rounds=100)
+    c, t = noise.secagg.clipping_range, noise.secagg.quantization_range
+    assert math.frexp(c)[0] == 0.5 and math.frexp(t)[0] == 0.5  # powers of two
+    assert c >= 0.5 and noise.scale == t / (2 * c)
+    assert noise.clamp_probability(100) <= CLAMP_BUDGET and noise.mu_device <= MAX_DEVICE_MU
+    # the largest integer a device can send (clamped to T) cannot wrap the cohort's sum
+    assert noise.secagg.modulus_range > 2 * 1000 * (t + 1)
+    # rounding inflates the sensitivity by less than 1 %
+    assert noise.l2 <= 1.01 * 0.5 * noise.scale
+    # the noise on the sum of the fewest survivors has std z S
+    assert noise.float_stddev(4) == pytest.approx(0.5, rel=1e-12)
+
+
+def test_device_noise_that_could_clamp_is_refused_with_values_that_work():
+    from shared.secagg import plan_device_noise
+
+    # 2^30 steps cannot hold both a fine step (>= 1,100 per S for 10^5 coordinates) and noise
+    # of std 5,000 S from one device (each device adds at most 2^41 of Skellam variance)
+    base = plan_secagg(1.0, 1000, 7, 4, 60.0)
+    assert base.quantization_range == 2**30
+    with pytest.raises(SecAggConfigError) as refused:
+        plan_device_noise(base, 100_000, 5e3, 1, rounds=10)
+    message = str(refused.value)
+    assert "dp-noise-min-survivors >=" in message and "secagg-max-cohort" in message
+    # what it suggests works: the largest noise multiplier it names, or that many survivors
+    z = float(message.split("dp-user-noise-multiplier <= ")[1].split(",")[0].split(" ")[0])
+    survivors = int(message.split("dp-noise-min-survivors >= ")[1].split(" ")[0])
+    assert 1 < z < 5e3
+    plan_device_noise(base, 100_000, z, 1, rounds=10)
+    assert 1 < survivors <= 1000
+    plan_device_noise(base, 100_000, 5e3, survivors, rounds=10)
+    with pytest.raises(SecAggConfigError, match="dp-noise-min-survivors must be in"):
+        plan_device_noise(plan_secagg(1.0, 10, 7, 4, 60.0), 1000, 1.0, 11, rounds=1)

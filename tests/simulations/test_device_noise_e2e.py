@@ -1,0 +1,36 @@
+"""The shipped device-noise smoke config end to end: real Ray simulation, SecAgg+, Skellam noise."""
+
+import pytest
+
+from shared import skellam
+from tests.conftest import read_jsonl, run_confide
+
+
+@pytest.mark.slow
+def test_smoke_device_noise_runs_and_the_ledger_accounts_the_survivors_noise(tmp_path):
+    out = tmp_path / "run"
+    code, log = run_confide("simulate", "--config", "smoke-device-noise", "--out", str(out))
+    assert code == 0, log[-3000:]
+    assert "run status: finished:completed" in log
+    records = read_jsonl(out / "metrics.jsonl")
+    assert len(records) == 2, log[-3000:]
+    ledger = read_jsonl(out / "privacy_ledger.jsonl")
+    entries = []
+    for record, entry in zip(records, ledger, strict=True):
+        assert "skipped" not in record, record
+        assert record["noise_clamped"] == 0 and record["secagg_clipped_fraction"] == 0.0
+        user, secagg = entry["user_level"], entry["secure_aggregation"]
+        assert user["noise_source"] == "devices" and user["status"] == "aggregated"
+        assert user["survivors"] == record["secagg_survivors"] == secagg["survivors"] > 0
+        assert user["mu_present"] == user["mu_device"] * user["survivors"]
+        assert user["min_survivors"] == 3  # the reconstruction threshold (0 in the config)
+        assert user["noise_multiplier"] == pytest.approx(1.0)
+        entries.append((user["mu_present"], 0.5, user["l1_sensitivity"], user["l2_sensitivity"], 1))
+        assert user["epsilon"] == pytest.approx(skellam.epsilon(entries, 1e-5), rel=1e-12)
+        # c is a power of two: the devices' noised integers survive Flower's quantizer exactly
+        assert secagg["clipping_range"] in (2.0**k for k in range(-4, 40))
+    code, report = run_confide("report", str(out))
+    assert code == 0, report[-2000:]
+    privacy = __import__("json").loads((out / "privacy.json").read_text())
+    assert privacy["user_level"]["noise_source"] == "devices"
+    assert "noise_source" not in privacy["interaction_level"]  # off in this run
