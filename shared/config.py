@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.data import AUTO, CSV_HEADERS, DATASETS
+from shared.data.delimited import check_delimiter
 from shared.defaults import default_values
 from shared.models import MODELS, Recommender, build_model
 from shared.privacy import ACCOUNTANTS
@@ -237,6 +238,10 @@ class RunConfig:
                 'csv-delimiter is empty: set "auto" to detect it, or the separator, e.g. ";", '
                 '"tab", "whitespace"'
             )
+        try:
+            check_delimiter(self.csv_delimiter)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.dataset != "csv" and (self.csv_delimiter, self.csv_header) != (AUTO, AUTO):
             raise ConfigError(
                 f"csv-delimiter and csv-header apply to dataset 'csv' only; {self.dataset!r} "
