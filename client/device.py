@@ -56,6 +56,7 @@ COLD_START_EPOCHS = 20  # local passes when personalize-epochs is 0
 POLICY = "device-policy"  # the SuperNode's own cap and δ, recorded by the deployed ClientApp
 UNIT = "one interaction of this device"
 FUTURE_SLACK = 86_400.0  # seconds a timestamp may lie ahead of the device's clock (one day)
+MAX_ITEM = 2**63 - 1  # items are stored as 64-bit integers (and sent as int64 by the agent)
 MILLISECONDS_FROM = 1e11  # as seconds: the year 5138; as milliseconds: 1973 (Date.now() is ~1.8e12)
 LOG = logging.getLogger(__name__)
 
@@ -88,8 +89,10 @@ class PrivacyBudget:
 
 
 def arrays_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Arrays as an .npz, refused (ValueError) if they could not be read back: object arrays
+    would be pickled, and :func:`bytes_to_arrays` never unpickles (the store is data only)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    np.savez(buffer, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()})
     return buffer.getvalue()
 
 
@@ -135,12 +138,14 @@ class Device:
     def record(self, item: int, rating: float | None = None, timestamp: float | None = None) -> int:
         """Append one interaction; returns its record id."""
         if isinstance(item, bool) or not isinstance(item, int | np.integer):
-            raise ValueError(f"item must be an integer catalogue index, got {item!r}")
-        if item < 0 or (self.num_items and item >= self.num_items):
-            bound = f"0..{self.num_items - 1}" if self.num_items else "0 or more"
-            raise ValueError(f"item {item} is outside the catalogue: use an index in {bound}")
+            raise ValueError(f"item must be an integer catalogue index, got {_shown(item)}")
+        if item < 0 or item > MAX_ITEM or (self.num_items and item >= self.num_items):
+            bound = f"0..{self.num_items - 1}" if self.num_items else f"0..{MAX_ITEM}"
+            raise ValueError(
+                f"item {_shown(item)} is outside the catalogue: use an index in {bound}"
+            )
         if rating is not None and not _finite(rating):
-            raise ValueError(f"rating must be a finite number or None, got {rating!r}")
+            raise ValueError(f"rating must be a finite number or None, got {_shown(rating)}")
         now = time.time()
         timestamp = now if timestamp is None else timestamp
         check_timestamp(timestamp, now)
@@ -157,7 +162,7 @@ class Device:
         Raises :class:`client.store.NoSuchRecordError` when there is none with that id.
         """
         if isinstance(record_id, bool) or not isinstance(record_id, int | np.integer):
-            raise ValueError(f"record_id must be an integer, got {record_id!r}")
+            raise ValueError(f"record_id must be an integer, got {_shown(record_id)}")
         return self.store.delete_interaction(int(record_id))
 
     def recommend(self, k: int = 10) -> list[Recommendation]:
@@ -231,7 +236,14 @@ class Device:
 
     def save_policy(self, policy: DevicePolicy) -> None:
         """Record the node config's cap and δ, so the SDK and the agent can report them."""
-        if not policy.epsilon_cap:
+        cap, delta = policy.epsilon_cap, policy.delta
+        if not (_finite(cap) and cap >= 0 and _finite(delta) and 0 < delta < 1):
+            # what DevicePolicy.from_node_config refuses: a stored NaN cap would bind nothing
+            raise ValueError(
+                f"a device policy needs a finite cap >= 0 and a delta in (0, 1), got cap {cap!r} "
+                f"and delta {delta!r}"
+            )
+        if not cap:
             self.store.delete(POLICY)
             return
         saved = {"epsilon-cap": policy.epsilon_cap, "delta": policy.delta}
@@ -299,16 +311,23 @@ class Device:
     def save_training(
         self, private: Mapping[str, np.ndarray] | None, history: PrivacyHistory | None
     ) -> None:
+        # Everything is encoded (and checked readable) before anything is written: a refused
+        # write leaves the store as it was, and nothing written could fail every later read.
+        records = []
         if private is not None:
-            self.store.put(PRIVATE, arrays_to_bytes(private))
+            records.append((PRIVATE, arrays_to_bytes(private)))
         if history is not None:
-            self.store.put(HISTORY, arrays_to_bytes({"steps": history.to_array()}))
+            PrivacyHistory.from_array(history.to_array())  # finite, (n, 3): else ValueError
+            records.append((HISTORY, arrays_to_bytes({"steps": history.to_array()})))
+        for name, data in records:
+            self.store.put(name, data)
 
     def save_global(self, config: RunConfig, arrays: Sequence[np.ndarray]) -> None:
         if not config.num_items:
             raise ValueError("a device's run config must name its catalogue size (num-items)")
+        model = arrays_to_bytes({f"{i:04d}": a for i, a in enumerate(arrays)})  # before writing
         self.store.put(RUN_CONFIG, json.dumps(config.to_mapping()).encode())
-        self.store.put(GLOBAL, arrays_to_bytes({f"{i:04d}": a for i, a in enumerate(arrays)}))
+        self.store.put(GLOBAL, model)
 
     def count_unprotected_round(self) -> None:
         count = int.from_bytes(self.store.get(UNPROTECTED) or b"", "little") + 1
@@ -403,7 +422,9 @@ class Device:
 def check_timestamp(timestamp: object, now: float) -> None:
     """Seconds since the epoch, from 0 to one day past ``now``; milliseconds are named as such."""
     if not _finite(timestamp):
-        raise ValueError(f"timestamp must be finite seconds since the epoch, got {timestamp!r}")
+        raise ValueError(
+            f"timestamp must be finite seconds since the epoch, got {_shown(timestamp)}"
+        )
     latest = now + FUTURE_SLACK
     if timestamp < 0:
         raise ValueError(
@@ -422,8 +443,15 @@ def check_timestamp(timestamp: object, now: float) -> None:
 
 
 def _finite(value: object) -> bool:
-    return (
-        isinstance(value, int | float | np.number)
-        and not isinstance(value, bool)
-        and (math.isfinite(float(value)))
-    )
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond float range (10**400)
+        return False
+
+
+def _shown(value: object) -> str:
+    """A value for an error message, cut short (a 400-digit int is not a message)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."

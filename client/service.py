@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from client.device import Device, ModelNotReady, PrivacyBudget, Recommendation
@@ -164,6 +165,37 @@ class DeviceAgentService(pb_grpc.DeviceAgentServicer):
         return self._call(context, verify)
 
 
+def agent_handlers(service: DeviceAgentService) -> grpc.GenericRpcHandler:
+    """The service's methods, as the generated ``add_DeviceAgentServicer_to_server`` registers
+    them, except that each request is decoded here: bytes that are not the request message
+    (a truncated varint, a string that is not UTF-8) get INVALID_ARGUMENT naming the RPC, where
+    gRPC's own decoding answers INTERNAL "Exception deserializing request!" (a server fault)."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["DeviceAgent"].methods:
+        request_type = getattr(pb, method.input_type.name)
+        reply_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _decoding(method.name, request_type, getattr(service, method.name)),
+            response_serializer=reply_type.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _decoding(name: str, request_type: type, call: Callable) -> Callable:
+    def handle(data: bytes, context: grpc.ServicerContext):
+        try:
+            request = request_type.FromString(data)
+        except DecodeError:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{name}: the request is not a {request_type.DESCRIPTOR.full_name} message "
+                "(build it from device.proto)",
+            )
+        return call(request, context)
+
+    return handle
+
+
 def check_address(address: str) -> str:
     """``unix:/abs/path`` or a loopback ``host:port``; anything reachable from outside: refused."""
     if address.startswith("unix:"):
@@ -197,7 +229,7 @@ def serve(
     check_address(address)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     checks = health.HealthServicer()
-    pb_grpc.add_DeviceAgentServicer_to_server(DeviceAgentService(device, checks, damage), server)
+    server.add_generic_rpc_handlers((agent_handlers(DeviceAgentService(device, checks, damage)),))
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     port = server.add_insecure_port(address)  # local only (checked above): no TLS needed
     if not address.startswith("unix:") and port == 0:

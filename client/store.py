@@ -249,6 +249,8 @@ class EncryptedStore:
 
     def delete_interaction(self, record_id: int) -> Interaction:
         """Delete one interaction (authenticated first); returns what it was."""
+        if not -(2**63) <= record_id < 2**63:  # SQLite's ids are 64-bit: none has this one
+            raise NoSuchRecordError(f"no interaction with record id {record_id} on this device")
         with self._tx() as db:
             row = db.execute(
                 "SELECT id, nonce, ciphertext FROM interactions WHERE id = ?", (record_id,)

@@ -2,16 +2,23 @@
 
 Flower's FedAvg lets NaN/Inf and huge updates through, crashes on wrong shapes with a raw
 ValueError and divides by zero when all weights are 0 (docs/design.md §8). A reply that fails any
-check here is rejected with a reason; it is never aggregated.
+check here is rejected with a reason; it is never aggregated. The plaintext metrics the server
+acts on are checked too: a training loss that is not a finite number would poison (or crash)
+the round's mean loss, and an unknown DP status would count a device as trained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.common import FitRes, parameters_to_ndarrays
+
+from shared.wire import BUDGET_EXHAUSTED, DP_STATUS, LOSS, TRAINED
 
 
 class InvalidReply(ValueError):
@@ -54,6 +61,7 @@ class ReplyValidator:
             raise InvalidReply(
                 f"num_examples {examples} outside [1, {self.max_num_examples}] (max-num-examples)"
             )
+        check_metrics(reply.metrics)
         try:
             arrays = parameters_to_ndarrays(reply.parameters)
         except Exception as err:  # any undecodable payload is the client's fault, not ours
@@ -75,3 +83,39 @@ class ReplyValidator:
                 f"update L2 norm {norm:.3g} exceeds max-update-norm {self.max_update_norm:g}"
             )
         return arrays
+
+
+def check_metrics(metrics: Any) -> None:
+    """The fit metrics the server reads: ``loss`` a finite number, ``dp_status`` a known one.
+
+    Other metrics (a device's reported ε and σ) are never trusted and junk is dropped where they
+    are read (:mod:`server.steps.replies`); unknown keys are ignored.
+    """
+    if not isinstance(metrics, Mapping):
+        raise InvalidReply(f"metrics must be a mapping, got {type(metrics).__name__}")
+    if LOSS in metrics:
+        loss = metrics[LOSS]
+        if not _finite_number(loss):
+            raise InvalidReply(
+                f"metric {LOSS!r} must be a finite number, got {type(loss).__name__} {_short(loss)}"
+            )
+    status = metrics.get(DP_STATUS, TRAINED)
+    if not isinstance(status, str) or status not in (TRAINED, BUDGET_EXHAUSTED):
+        raise InvalidReply(
+            f"metric {DP_STATUS!r} must be {TRAINED!r} or {BUDGET_EXHAUSTED!r}, got "
+            f"{_short(status)}"
+        )
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond float range: the mean loss could not be taken
+        return False
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -11,6 +11,8 @@ instead.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.data import AUTO, CSV_HEADERS, DATASETS
+from shared.data.delimited import check_delimiter
 from shared.defaults import default_values
 from shared.faults import parse_fault
 from shared.models import MODELS, Recommender, build_model
@@ -26,6 +29,7 @@ from shared.secagg import SecAggConfigError, SecAggPlan, plan_secagg
 
 STRATEGIES = ("fedavg", "fedadam", "itemsum")
 NOISE_SOURCES = ("server", "devices")
+_LAYERS = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")  # mlp-layers: widths, ASCII digits only
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -175,7 +179,7 @@ class RunConfig:
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Parse kebab-case keys (as in pyproject.toml) into a validated config."""
         known = {f.name.replace("_", "-"): f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        unknown = sorted(set(values) - set(known), key=str)  # a mapping's keys may be any type
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {', '.join(known)}")
         missing = sorted(set(known) - set(values))
@@ -216,6 +220,8 @@ class RunConfig:
         self._validate_csv()
         self._validate_filters()
         try:
+            if not _LAYERS.fullmatch(self.mlp_layers):  # int() also takes "1_0", " 8", "٢"
+                raise ValueError(self.mlp_layers)
             layers = self.layers
         except ValueError:
             raise ConfigError(
@@ -254,6 +260,10 @@ class RunConfig:
                 'csv-delimiter is empty: set "auto" to detect it, or the separator, e.g. ";", '
                 '"tab", "whitespace"'
             )
+        try:
+            check_delimiter(self.csv_delimiter)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if self.dataset != "csv" and (self.csv_delimiter, self.csv_header) != (AUTO, AUTO):
             raise ConfigError(
                 f"csv-delimiter and csv-header apply to dataset 'csv' only; {self.dataset!r} "
@@ -358,6 +368,7 @@ _AT_LEAST_ONE = (
     *("secagg_num_shares", "secagg_reconstruction_threshold", "secagg_max_cohort"),
 )
 _NON_NEGATIVE = (
+    "seed",  # NumPy refuses negative seeds, and only when the data is drawn
     *("num_items", "train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
     "learning_rate_floor",
     *("dp_noise_multiplier", "dp_target_epsilon", "dp_epsilon_cap"),
@@ -383,13 +394,31 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
             raise ConfigError(f"{key} must be true or false, got {type(value).__name__} {value!r}")
         return value
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        if abs(value) > _FLOAT_MAX:  # float() would raise OverflowError
+            raise ConfigError(f"{key} must be a finite number, got {_shown(value)}")
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, expected):
         raise ConfigError(
             f"{key} must be a {annotation} (TOML: {_example(annotation)}), "
-            f"got {type(value).__name__} {value!r}"
+            f"got {type(value).__name__} {_shown(value)}"
         )
+    if expected is float and not math.isfinite(value):
+        # inf and nan pass range checks written as comparisons (inf > 0), and no key means
+        # "unlimited" by infinity: every wait, rate and budget here is a finite number
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if expected is int and not _INT64[0] <= value <= _INT64[1]:
+        # Flower's run config carries 64-bit integers only (a SuperLink would refuse the run)
+        raise ConfigError(f"{key} must fit in 64 bits (at most {_INT64[1]}), got {_shown(value)}")
     return value
+
+
+_FLOAT_MAX = 1.7976931348623157e308
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _example(annotation: str) -> str:
@@ -402,7 +431,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"expected key=value, got {text!r}")
     key, raw = (part.strip() for part in text.split("=", 1))
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        parsed = tomllib.loads(f"v = {raw}")
+        # a line break in the value would let it define more keys: they are not this key's value
+        value = parsed["v"] if len(parsed) == 1 else raw
     except tomllib.TOMLDecodeError:
         value = raw
     return key, value
@@ -415,14 +446,26 @@ def load_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:  # TOML is UTF-8 by definition
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    except OSError as err:  # a directory, no permission: the path is the thing to fix
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise ConfigError(
             f"config file {path}: expected flat key = value lines, found tables {nested}"
         )
     return data
+
+
+def _absolute(key: str, path: str) -> str:
+    """A path key made absolute here (the simulation's processes run elsewhere)."""
+    if "\0" in path:
+        raise ConfigError(f"{key} contains a NUL character, which no path can hold: {path!r}")
+    try:
+        return str(Path(path).expanduser().resolve())
+    except RuntimeError as err:  # "~name/..." for a user that does not exist, no $HOME
+        raise ConfigError(f"{key} {path!r}: {err} (write the path out in full)") from None
 
 
 def resolve_config(
@@ -445,7 +488,7 @@ def resolve_config(
         values["out-dir"] = out
     for key in ("data-dir", "out-dir", "resume-from"):
         if isinstance(values.get(key), str) and values[key]:
-            values[key] = str(Path(values[key]).expanduser().resolve())
+            values[key] = _absolute(key, values[key])
     config = RunConfig.from_mapping(values)
     changed = {k: v for k, v in config.to_mapping().items() if defaults.get(k) != v}
     return config, changed

@@ -3,12 +3,22 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from shared.config import RunConfig
 from shared.defaults import default_values
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
+
+# Hypothesis profiles for the fuzz tests (tests/fuzz/, docs/design.md §5): the default keeps
+# them within ~60 s of CI; `pytest tests/fuzz --hypothesis-profile=long` searches deeper.
+# No deadline: one example may open a store or start a server, and timing asserts do not belong
+# in tests. Stateful tests take their step counts from here too.
+_FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("fuzz", max_examples=60, stateful_step_count=20, **_FUZZ)
+settings.register_profile("long", max_examples=2000, stateful_step_count=50, **_FUZZ)
+settings.load_profile("fuzz")
 
 
 def small_config(**changes) -> RunConfig:

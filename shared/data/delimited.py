@@ -64,6 +64,18 @@ def _resolve_csv(path: PathLike) -> Path:
     )
 
 
+def check_delimiter(delimiter: str) -> None:
+    """Refuse a delimiter no row could be split by: a quote (it quotes fields), a line break, or
+    NUL (refused in any text file)."""
+    bad = sorted({c for c in delimiter if c in '"\r\n\0'})
+    if bad:
+        raise ValueError(
+            f"csv-delimiter {delimiter!r} contains {', '.join(map(repr, bad))}, which cannot "
+            "separate fields (quotes quote them, line breaks end rows, NUL is not text): use "
+            'e.g. ",", "tab", "whitespace" or "auto"'
+        )
+
+
 def csv_options(delimiter: str, header: str) -> tuple[str | None, bool | None]:
     """``csv-delimiter`` / ``csv-header`` values as :func:`load_csv` takes them (None: detect)."""
     if header not in _HEADER_CHOICES:
@@ -102,6 +114,7 @@ def load_csv(
     elif delimiter == "":
         raise ValueError("delimiter must be non-empty (use None to detect it)")
     else:
+        check_delimiter(delimiter)
         delim = _DELIMITER_ALIASES.get(delimiter, delimiter)
     delimiter_name = "whitespace" if delim is None else _DELIMITER_NAMES.get(delim, repr(delim))
 

@@ -26,6 +26,7 @@ from shared.data.interactions import Interactions, from_arrays
 PathLike = str | os.PathLike[str]
 
 INT_RE = re.compile(r"[+-]?\d+\Z")
+BOM = "\ufeff"
 _SNIPPET_LEN = 80
 
 
@@ -82,12 +83,37 @@ def resolve(path: PathLike, filename: str, description: str) -> Path:
     return p
 
 
+TEXT_FILE = "a text file: UTF-8 (or Latin-1), or UTF-16 with a byte-order mark"
+
+
 def read_text(path: Path) -> str:
+    """The file's text: UTF-8 (a BOM is dropped), UTF-16 with a BOM (spreadsheets' "Unicode
+    text"), else Latin-1. A NUL byte is refused: text files have none, so the file is binary,
+    damaged or UTF-16 without a BOM; NumPy's strings would also drop trailing NULs from ids."""
     data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            raise DataFormatError(
+                path, 1, "not valid UTF-16 after a UTF-16 byte-order mark", "", TEXT_FILE
+            ) from None
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        return data.decode("latin-1")  # never fails; ids stay byte-faithful
+        text = data.decode("latin-1")  # never fails; ids stay byte-faithful
+    nul = text.find("\0")
+    if nul >= 0:
+        line_start = text.rfind("\n", 0, nul) + 1
+        line_end = text.find("\n", nul)
+        raise DataFormatError(
+            path,
+            text.count("\n", 0, nul) + 1,
+            "NUL byte (the file is binary, damaged, or UTF-16 without a byte-order mark)",
+            text[line_start : line_end if line_end >= 0 else len(text)],
+            TEXT_FILE,
+        )
+    return text
 
 
 def split_lines(text: str) -> list[str]:
@@ -96,7 +122,9 @@ def split_lines(text: str) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    # A BOM at the start of a later line (files concatenated with `cat`) is not part of an id:
+    # kept, it would turn that column's integer ids into strings.
+    return [(ln[:-1] if ln.endswith("\r") else ln).lstrip(BOM) for ln in lines]
 
 
 def fast_loadtxt(source: object, **kwargs: object) -> np.ndarray | None:

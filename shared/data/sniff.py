@@ -53,6 +53,10 @@ def looks_like_header(rows: Sequence[list[str]]) -> bool:
     first = [f.strip() for f in rows[0]]
     if any(_norm_name(f) in _ALL_NAMES for f in first):
         return True
+    if any(INT_RE.match(f) for f in first[:2]):
+        # An integer id is data, however damaged the rest of the row: calling it a header would
+        # drop the row in silence (e.g. ``1,2,abc`` or ``1,"2\r3",4``); parsing it names the flaw.
+        return False
     if any(not is_number(f) for f in first[2:]):  # rating/timestamp positions must be numeric
         return True
     rest = rows[1:]
