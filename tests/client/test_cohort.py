@@ -111,7 +111,9 @@ def test_dp_noise_is_per_user_and_secret():
     second = train_shard(config, shard, 1, params)
 
     def update(result):
-        return np.concatenate([(a - p).ravel() for a, p in zip(result.global_arrays, params)])
+        return np.concatenate(
+            [(a - p).ravel() for a, p in zip(result.global_arrays, params, strict=True)]
+        )
 
     assert not np.allclose(update(first[0]), update(second[0]))
     assert not np.allclose(update(first[0]), update(first[1]))
