@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from client.policy import DevicePolicy
 from client.training_round import NO_POLICY, TrainResult
 from shared.config import RunConfig
 from shared.models import global_names, private_names, private_state
-from shared.privacy import PrivacyHistory
+from shared.privacy import PrivacyHistory, epsilon
 from shared.split import UserData, training_examples
 from shared.streams import (
     device_torch_seed,
@@ -104,8 +105,9 @@ class StackedParams:
 class StackedOptimizer:
     """Adam or SGD for every user at once, each user with its own state and step count.
 
-    ``step(grads, idx)`` updates only the users ``idx`` (those that have a step left), exactly as
-    ``torch.optim.Adam`` (defaults) / ``torch.optim.SGD`` would update each alone.
+    ``step(grads, active)`` updates only the ``active`` users (those with a step left), exactly
+    as ``torch.optim.Adam`` (defaults) / ``torch.optim.SGD`` would update each alone; the others'
+    parameters and moments stay as they are. In place: the dense tables are the cost.
     """
 
     def __init__(self, name: str, params: dict[str, torch.Tensor], lr: float) -> None:
@@ -118,55 +120,30 @@ class StackedOptimizer:
         self.m = {k: torch.zeros_like(v) for k, v in params.items()} if name == "adam" else {}
         self.v = {k: torch.zeros_like(v) for k, v in params.items()} if name == "adam" else {}
 
-    def step(self, grads: Mapping[str, torch.Tensor], idx: torch.Tensor | None) -> None:
+    def step(self, grads: Mapping[str, torch.Tensor], active: torch.Tensor) -> None:
+        on = active.to(torch.float32)
         if self.name == "sgd":
             for k, g in grads.items():
-                _update(self.params[k], idx, lambda p, g=g: p - self.lr * g)
+                self.params[k].sub_(g * (self.lr * on).view(_shape(g)))
             return
         b1, b2 = ADAM_BETAS
-        steps = self.steps if idx is None else self.steps[idx]
-        steps = steps + 1
-        if idx is None:
-            self.steps = steps
-        else:
-            self.steps[idx] = steps
-        step_size = (self.lr / (1 - b1**steps)).to(torch.float32)
+        self.steps += active.to(torch.float64)
+        steps = self.steps.clamp(min=1)
+        step_size = (self.lr / (1 - b1**steps)).to(torch.float32) * on
         bc2_sqrt = torch.sqrt(1 - b2**steps).to(torch.float32)
+        beta2 = torch.where(active, b2, 1.0).to(torch.float32)
         for k, g in grads.items():
-            m = _take(self.m[k], idx).lerp(g, 1 - b1)
-            v = _take(self.v[k], idx) * b2 + (1 - b2) * g * g
-            shape = (-1,) + (1,) * (g.dim() - 1)
-            denom = v.sqrt() / bc2_sqrt.view(shape) + ADAM_EPS
-            p = _take(self.params[k], idx) - step_size.view(shape) * (m / denom)
-            _put(self.m[k], idx, m)
-            _put(self.v[k], idx, v)
-            _put(self.params[k], idx, p)
+            shape = _shape(g)
+            m, v = self.m[k], self.v[k]
+            m.lerp_(g, ((1 - b1) * on).view(shape))
+            v.mul_(beta2.view(shape)).addcmul_(g * ((1 - b2) * on).view(shape), g)
+            denom = v.sqrt().div_(bc2_sqrt.view(shape)).add_(ADAM_EPS)
+            self.params[k].addcdiv_(m * (-step_size).view(shape), denom)
 
 
-def _take(t: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-    return t if idx is None else t[idx]
-
-
-def _put(t: torch.Tensor, idx: torch.Tensor | None, value: torch.Tensor) -> None:
-    if idx is None:
-        t.copy_(value)
-    else:
-        t[idx] = value
-
-
-def _update(t: torch.Tensor, idx: torch.Tensor | None, fn) -> None:
-    _put(t, idx, fn(_take(t, idx)))
-
-
-def _active(remaining: torch.Tensor) -> torch.Tensor | None:
-    """The users with a step left at this step (None: all of them, no indexing needed)."""
-    if bool(remaining.all()):
-        return None
-    return torch.nonzero(remaining).squeeze(1)
-
-
-def _sub(params: Mapping[str, torch.Tensor], idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    return {k: _take(v, idx) for k, v in params.items()}
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    """Broadcast a per-user vector over a stacked tensor."""
+    return (-1,) + (1,) * (t.dim() - 1)
 
 
 # -- plain local training: mini-batches of (item, label) rows, as shared.training.train_epoch -----
@@ -227,18 +204,11 @@ def run_plain_epoch(stack: StackedParams, optimizer: StackedOptimizer, batches: 
     users = batches.items.shape[0]
     total = torch.zeros(users, device=batches.items.device)
     for t in range(batches.items.shape[1]):
-        idx = _active(batches.steps > t)
         grads, (_, summed) = step_fn(
-            _sub(stack.params, idx),
-            _take(batches.items[:, t], idx),
-            _take(batches.labels[:, t], idx),
-            _take(batches.mask[:, t], idx),
+            stack.params, batches.items[:, t], batches.labels[:, t], batches.mask[:, t]
         )
-        optimizer.step(grads, idx)
-        if idx is None:
-            total += summed.detach()
-        else:
-            total[idx] += summed.detach()
+        optimizer.step(grads, batches.steps > t)
+        total += summed.detach()  # padding rows weigh 0
     return total
 
 
@@ -321,19 +291,20 @@ def run_dp(
     users = groups.items.shape[0]
     loss_sum = torch.zeros(users, device=groups.items.device)
     nonempty = torch.zeros(users, device=groups.items.device)
-    all_users = torch.arange(users, device=groups.items.device)
+    device = groups.items.device
+    all_users = torch.arange(users, device=device)
+    last_epoch = groups.items.shape[1] - 1
     for t in range(int(groups.steps.max())):
-        idx = _active(groups.steps > t)
-        who = all_users if idx is None else idx
-        epoch = torch.div(t, groups.steps_per_epoch[who], rounding_mode="floor")
-        epoch_items = groups.items[who, epoch]  # [A, n_max, k]
-        draw = torch.rand(epoch_items.shape[:2], generator=generator, device=who.device)
-        chosen = (draw < groups.rate[who, None]) & groups.valid[who]
+        active = groups.steps > t  # the others' steps are computed and discarded
+        epoch = torch.div(t, groups.steps_per_epoch, rounding_mode="floor").clamp(max=last_epoch)
+        epoch_items = groups.items[all_users, epoch]  # [U, n_max, k]
+        draw = torch.rand(epoch_items.shape[:2], generator=generator, device=device)
+        chosen = (draw < groups.rate[:, None]) & groups.valid & active[:, None]
         width = max(int(chosen.sum(1).max()), 1)
         order = torch.argsort((~chosen).to(torch.int8), dim=1, stable=True)[:, :width]
-        sample_mask = torch.gather(chosen, 1, order).to(torch.float32)  # [A, S]
-        items = torch.gather(epoch_items, 1, order[..., None].expand(-1, -1, k))  # [A, S, k]
-        params = _sub(stack.params, idx)
+        sample_mask = torch.gather(chosen, 1, order).to(torch.float32)  # [U, S]
+        items = torch.gather(epoch_items, 1, order[..., None].expand(-1, -1, k))  # [U, S, k]
+        params = stack.params
         shared = {n: params[n] for n in dense + private}
         rows = {
             n: torch.gather(
@@ -351,31 +322,26 @@ def run_dp(
         for g in g_rows.values():
             sq += (torch.einsum("askd,asjd->askj", g, g) * same).sum((-1, -2))
         factor = (max_grad_norm / (sq.sqrt() + OPACUS_NORM_EPS)).clamp(max=1.0) * sample_mask
-        active = len(who)
-        std = (groups.sigma[who] * max_grad_norm).to(torch.float32)
-        scale = groups.expected_batch[who]
-        grads = {}
-        for n, g in g_shared.items():
-            summed = torch.einsum("as,as...->a...", factor, g)
-            grads[n] = summed
+        std = (groups.sigma * max_grad_norm).to(torch.float32)
+        grads = {n: torch.einsum("as,as...->a...", factor, g) for n, g in g_shared.items()}
         for n, g in g_rows.items():
             table = params[n]
-            flat_index = (
-                items + (torch.arange(active, device=who.device) * table.shape[1])[:, None, None]
-            ).reshape(-1)
+            offsets = (all_users * table.shape[1])[:, None, None]
             contrib = (g * factor[..., None, None]).reshape(-1, g.shape[-1])
-            summed = torch.zeros(active * table.shape[1], g.shape[-1], device=who.device)
-            summed.index_add_(0, flat_index, contrib)
+            summed = torch.zeros(users * table.shape[1], g.shape[-1], device=device)
+            summed.index_add_(0, (items + offsets).reshape(-1), contrib)
             grads[n] = summed.view_as(table)
         for n, summed in grads.items():
-            shape = (-1,) + (1,) * (summed.dim() - 1)
-            noise = torch.randn(summed.shape, generator=generator, device=who.device)
-            grads[n] = (summed + std.view(shape) * noise) / scale.view(shape)
-        optimizer.step(grads, idx)
+            shape = _shape(summed)
+            noise = torch.randn(summed.shape, generator=generator, device=device)
+            grads[n] = summed.add_(noise.mul_(std.view(shape))).div_(
+                groups.expected_batch.view(shape)
+            )
+        optimizer.step(grads, active)
         counts = sample_mask.sum(1)
         step_loss = (losses * sample_mask).sum(1) / counts.clamp(min=1)
-        loss_sum[who] += torch.where(counts > 0, step_loss, 0.0).detach()
-        nonempty[who] += (counts > 0).to(torch.float32)
+        loss_sum += torch.where(counts > 0, step_loss, 0.0).detach()
+        nonempty += (counts > 0).to(torch.float32)
     return loss_sum, nonempty
 
 
@@ -399,6 +365,9 @@ def shard_generator(
     return generator
 
 
+CHUNK_USERS = 16  # users stacked per kernel call: their dense tables stay in the CPU's cache
+
+
 def train_shard(
     config: RunConfig,
     users: Sequence[ShardUser],
@@ -406,85 +375,124 @@ def train_shard(
     global_params: Sequence[np.ndarray],
     policy: DevicePolicy = NO_POLICY,
     device: str | torch.device = "cpu",
+    chunk_users: int = CHUNK_USERS,
 ) -> list[TrainResult]:
-    """One round for every user of the shard, each result as its own device would compute it."""
+    """One round for every user of the shard, each result as its own device would compute it.
+
+    Users are stacked ``chunk_users`` at a time, by size (so that a chunk's users take about as
+    many steps): one kernel call per chunk. Results come back in the order of ``users``.
+    """
     policy.check_run(config)
     device = torch.device(device)
-    if not users:
-        return []
-    num_items = users[0].data.num_items
+    num_items = users[0].data.num_items if users else 0
     privates = [
         dict(u.private) if u.private is not None else fresh_private(config, num_items, u.user_id)
         for u in users
     ]
-    lr = config.local_learning_rate(server_round)
-    if not config.dp_interaction:
-        stack = StackedParams(config, num_items, global_params, privates, device)
-        optimizer = StackedOptimizer(config.optimizer, stack.params, lr)
-        losses = []
-        for epoch in range(config.local_epochs):
-            batches = plain_batches(config, users, server_round, epoch, device)
-            rows = torch.tensor(
-                [len(u.data.train_items) * (1 + config.train_negatives) for u in users],
-                device=device,
-            )
-            losses.append(run_plain_epoch(stack, optimizer, batches) / rows.clamp(min=1))
-        mean_loss = torch.stack(losses).mean(0).tolist()
-        return [
-            TrainResult(
-                global_arrays=stack.user_globals(u),
-                private=stack.user_private(u),
-                loss=float(mean_loss[u]),
-                num_examples=len(user.data.train_items),
-            )
-            for u, user in enumerate(users)
-        ]
-    return _train_shard_dp(config, users, server_round, global_params, privates, policy, device)
-
-
-def _train_shard_dp(config, users, server_round, global_params, privates, policy, device):
-    plans = [plan_round(config, len(u.data.train_items)) for u in users]
     results: list[TrainResult | None] = [None] * len(users)
-    training = []
-    for u, (user, plan) in enumerate(zip(users, plans, strict=True)):
-        after = plan.history_after(user.history)
-        cap = config.dp_epsilon_cap
-        over = cap and after.epsilon(config.dp_delta, config.dp_accountant) > cap
-        if over or policy.would_pass(after, config.dp_accountant):
-            results[u] = TrainResult(
-                global_arrays=[np.array(a, copy=True) for a in global_params],
-                private={k: np.array(v, copy=True) for k, v in privates[u].items()},
-                loss=float("nan"),
-                num_examples=len(user.data.train_items),
-                status=BUDGET_EXHAUSTED,
-                history=user.history,
-                epsilon=user.history.epsilon(config.dp_delta, config.dp_accountant),
-            )
-        else:
-            training.append(u)
-    if training:
-        chosen = [users[u] for u in training]
-        stack = StackedParams(
-            config, chosen[0].data.num_items, global_params, [privates[u] for u in training], device
+    if config.dp_interaction:
+        plans = [plan_round(config, len(u.data.train_items)) for u in users]
+        todo = []
+        for u, (user, plan) in enumerate(zip(users, plans, strict=True)):
+            if _declines(config, policy, plan.history_after(user.history)):
+                results[u] = _declined(config, user, global_params, privates[u])
+            else:
+                todo.append(u)
+    else:
+        todo = list(range(len(users)))
+    todo.sort(key=lambda u: len(users[u].data.train_items))
+    train = _train_dp if config.dp_interaction else _train_plain
+    for start in range(0, len(todo), chunk_users):
+        chunk = todo[start : start + chunk_users]
+        done = train(
+            config,
+            [users[u] for u in chunk],
+            server_round,
+            global_params,
+            [privates[u] for u in chunk],
+            device,
         )
-        optimizer = StackedOptimizer(
-            config.optimizer, stack.params, config.local_learning_rate(server_round)
+        for u, result in zip(chunk, done, strict=True):
+            results[u] = result
+    return [r for r in results if r is not None]
+
+
+@lru_cache(maxsize=4096)
+def _epsilon(entries: tuple, delta: float, accountant: str) -> float:
+    """ε of an accountant's entries, memoized: users of one size share q and steps, so a shard's
+    accountants are a few distinct histories (the accountant is most of a DP round's cost)."""
+    return epsilon(entries, delta, accountant)
+
+
+def _user_epsilon(config: RunConfig, history: PrivacyHistory) -> float:
+    return _epsilon(history.entries, config.dp_delta, config.dp_accountant)
+
+
+def _declines(config: RunConfig, policy: DevicePolicy, after: PrivacyHistory) -> bool:
+    """Whether the user's ε after this round would pass the run's cap or its device's own."""
+    cap = config.dp_epsilon_cap
+    over_run_cap = cap and _user_epsilon(config, after) > cap
+    return bool(over_run_cap) or policy.would_pass(after, config.dp_accountant)
+
+
+def _declined(config, user: ShardUser, global_params, private) -> TrainResult:
+    return TrainResult(
+        global_arrays=[np.array(a, copy=True) for a in global_params],
+        private={k: np.array(v, copy=True) for k, v in private.items()},
+        loss=float("nan"),
+        num_examples=len(user.data.train_items),
+        status=BUDGET_EXHAUSTED,
+        history=user.history,
+        epsilon=_user_epsilon(config, user.history),
+    )
+
+
+def _train_plain(config, users, server_round, global_params, privates, device):
+    stack = StackedParams(config, users[0].data.num_items, global_params, privates, device)
+    optimizer = StackedOptimizer(
+        config.optimizer, stack.params, config.local_learning_rate(server_round)
+    )
+    rows = torch.tensor(
+        [len(u.data.train_items) * (1 + config.train_negatives) for u in users], device=device
+    )
+    losses = []
+    for epoch in range(config.local_epochs):
+        batches = plain_batches(config, users, server_round, epoch, device)
+        losses.append(run_plain_epoch(stack, optimizer, batches) / rows.clamp(min=1))
+    mean_loss = torch.stack(losses).mean(0).tolist()
+    return [
+        TrainResult(
+            global_arrays=stack.user_globals(u),
+            private=stack.user_private(u),
+            loss=float(mean_loss[u]),
+            num_examples=len(user.data.train_items),
         )
-        sigmas = [plans[u].noise_multiplier for u in training]
-        groups = dp_groups(config, chosen, server_round, sigmas, device)
-        generator = shard_generator(config, chosen[0].user_id, server_round, device)
-        loss_sum, nonempty = run_dp(stack, optimizer, groups, config.dp_max_grad_norm, generator)
-        for j, u in enumerate(training):
-            plan = plans[u]
-            history = plan.history_after(users[u].history)
-            steps = float(nonempty[j])
-            results[u] = TrainResult(
+        for u, user in enumerate(users)
+    ]
+
+
+def _train_dp(config, users, server_round, global_params, privates, device):
+    plans = [plan_round(config, len(u.data.train_items)) for u in users]
+    stack = StackedParams(config, users[0].data.num_items, global_params, privates, device)
+    optimizer = StackedOptimizer(
+        config.optimizer, stack.params, config.local_learning_rate(server_round)
+    )
+    groups = dp_groups(config, users, server_round, [p.noise_multiplier for p in plans], device)
+    generator = shard_generator(config, users[0].user_id, server_round, device)
+    loss_sum, nonempty = run_dp(stack, optimizer, groups, config.dp_max_grad_norm, generator)
+    results = []
+    for j, (user, plan) in enumerate(zip(users, plans, strict=True)):
+        history = plan.history_after(user.history)
+        steps = float(nonempty[j])
+        results.append(
+            TrainResult(
                 global_arrays=stack.user_globals(j),
                 private=stack.user_private(j),
                 loss=float(loss_sum[j]) / steps if steps else float("nan"),
-                num_examples=len(users[u].data.train_items),
+                num_examples=len(user.data.train_items),
                 history=history,
-                epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
+                epsilon=_user_epsilon(config, history),
                 noise_multiplier=plan.noise_multiplier,
             )
-    return [r for r in results if r is not None]
+        )
+    return results
