@@ -116,6 +116,8 @@ class RunConfig:
     out_dir: str
     # checkpoint and resume: a run directory (or its checkpoint file) to continue; "" starts anew
     resume_from: str
+    # cohort engine (simulation only): users one Flower node trains at once (client/cohort.py)
+    cohort_size: int
 
     def local_learning_rate(self, server_round: int) -> float:
         """The devices' learning rate in a round: decays geometrically from round 1 to the floor."""
@@ -365,6 +367,7 @@ _AT_LEAST_ONE = (
     *("num_server_rounds", "min_fit_clients", "eval_every", "max_num_examples"),
     *("local_epochs", "batch_size", "centralized_epochs", "centralized_batch_size"),
     "dp_planned_participations",
+    "cohort_size",
     *("secagg_num_shares", "secagg_reconstruction_threshold", "secagg_max_cohort"),
 )
 _NON_NEGATIVE = (

@@ -1,6 +1,7 @@
 """The ``confide`` command: ``simulate`` (Flower simulation), ``centralized`` (baseline),
 ``report`` (privacy-budget report of a run directory), ``certs`` (deployment credentials) and
-``audit item-inference`` (what a curious server learns about a user's items).
+``audit item-inference`` (what a curious server learns about a user's items) and ``bench``
+(the cost of a round: floor, per device, Flower, cohort engine; simulations/bench.py).
 
 A user-facing error (a bad file, a bad config value, a bad checkpoint, a tool that would not
 start) ends the command with one or two lines that name the problem and the fix, and exit code
@@ -118,7 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         "--cohorts", default="10,100", type=_sizes, help="SecAgg+ cohort sizes to audit"
     )
     inference.add_argument("--users", type=int, default=0, help="audit only N users (0: all)")
-    for sub in (simulate, centralized, report, certs, inference):
+    bench = commands.add_parser(
+        "bench", help="what a round of local training costs: floor, per device, Flower, cohort"
+    )
+    add_config_args(bench)
+    bench.add_argument("--quick", action="store_true", help="16 users, 1 repeat (< 3 min)")
+    bench.add_argument(
+        "--users", type=int, default=0, help="cohort size (default: cohort-size if > 1, else 100)"
+    )
+    for sub in (simulate, centralized, report, certs, inference, bench):
         add_debug_arg(sub)
     args = parser.parse_args(argv)
     try:
@@ -148,6 +157,11 @@ def _run(args: argparse.Namespace) -> int:
         return report_main(args.run_dir)
 
     config, changed = _resolve(args)
+    if args.command == "bench":
+        from simulations.bench import run_bench
+
+        run_bench(config, Path(args.out or "runs/bench"), quick=args.quick, users=args.users)
+        return 0
     if args.command == "centralized":
         from simulations.centralized import run_centralized
 
