@@ -109,3 +109,12 @@ def test_a_count_file_with_single_interaction_users_runs(tmp_path, capsys) -> No
     assert summary["filters"]["users_dropped"] == 3
     assert set(summary["baselines"]) == {"popularity", "random"}
     assert summary["baselines"]["random"]["hr10"] == 1.0  # 6 candidates, top 10
+
+
+def test_a_cohort_size_the_simulation_cannot_honour_is_refused_in_one_line(capsys):
+    """The cohort engine runs only in `confide bench` so far: a run must not silently ignore it."""
+    from simulations.cli import main
+
+    assert main(["simulate", "--config", "smoke", "--set", "cohort-size=8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "cohort-size 8" in err[0] and "set cohort-size = 1" in err[0]
