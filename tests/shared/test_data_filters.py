@@ -115,7 +115,7 @@ def test_count_file_without_timestamps_loads_filters_and_splits() -> None:
         ({"min_user_interactions": 1}, "min-user-interactions must be at least 2"),
         ({"min_item_interactions": 0}, "min-item-interactions must be at least 1"),
         ({"min_rating": -1.0}, "min-rating must be 0"),
-        ({"min_rating": float("nan")}, "min-rating must be 0"),
+        ({"min_rating": float("nan")}, "min-rating must be a finite number"),
     ],
 )
 def test_filter_keys_are_validated(changes: dict, message: str) -> None:
