@@ -95,6 +95,8 @@ def _sqlite_errors() -> Iterator[None]:
         yield
     except sqlite3.DatabaseError as err:
         raise CorruptStoreError(f"SQLite: {err}") from None
+    except UnicodeDecodeError:  # a TEXT value that is not UTF-8: only a damaged file has one
+        raise CorruptStoreError("SQLite: a text value is not valid UTF-8") from None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class EncryptedStore:
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path} is not a Confide store (SQLite said: {err})") from None
+        except UnicodeDecodeError:  # the schema's own text is damaged
+            raise CorruptStoreError("SQLite: the schema's text is not valid UTF-8") from None
 
     def _open_meta(self, device_id: str | None = None) -> None:
         """Read the header; an empty store gets one (``device_id``: keep that id, else new)."""
@@ -152,7 +156,10 @@ class EncryptedStore:
                 self._db.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
         if meta.get("format") != FORMAT:
             raise StoreError(f"{self.path}: unknown store format {meta.get('format')!r}")
-        self.device_id = bytes(meta["device-id"]).decode()
+        try:
+            self.device_id = bytes(meta["device-id"]).decode()
+        except UnicodeDecodeError:
+            raise CorruptStoreError("the store's header is damaged (its device id)") from None
         self._generation = bytes(meta["generation"])
         blob = bytes(meta["key-check"])
         try:
@@ -282,8 +289,15 @@ class EncryptedStore:
             db.execute("DELETE FROM state WHERE name = ?", (name,))
 
     def names(self) -> list[str]:
+        """The state records' names, each authenticated: a name is bound into its record's
+        authentication, so a damaged name fails here instead of being listed as another state."""
         with self._read() as db:
-            return [r[0] for r in db.execute("SELECT name FROM state ORDER BY name")]
+            rows = db.execute("SELECT name, nonce, ciphertext FROM state ORDER BY name").fetchall()
+        for name, nonce, ciphertext in rows:
+            if not isinstance(name, str):
+                raise CorruptStoreError(f"a state record's name is {type(name).__name__}")
+            self._open("state", name, nonce, ciphertext)
+        return [name for name, _, _ in rows]
 
     def verify(self) -> int:
         """SQLite's full ``integrity_check``, then authenticate every record.

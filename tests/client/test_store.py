@@ -277,3 +277,26 @@ def test_delete_one_interaction(tmp_path, key):
             device.delete_interaction(2)
         with pytest.raises(ValueError, match="record_id must be an integer"):
             device.delete_interaction("2")
+
+
+def test_a_damaged_state_name_is_not_listed_as_another_state(tmp_path, key):
+    """Found by the store's state machine (long profile): a flipped byte in a record's name
+    listed 'unprotected-roundr' as a state; every name is now authenticated when listed."""
+    path = tmp_path / "s.db"
+    store = EncryptedStore(path, key)
+    store.put("unprotected-rounds", b"3")
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE state SET name = 'unprotected-roundr'")
+    with pytest.raises(TamperedError, match="state/unprotected-roundr"):
+        EncryptedStore(path, key).names()
+
+
+def test_a_header_whose_text_is_not_utf8_is_corruption(tmp_path, key):
+    """Found by the same run: a flipped byte in the device id gave a raw UnicodeDecodeError."""
+    path = tmp_path / "s.db"
+    EncryptedStore(path, key).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = x'ff00ff' WHERE name = 'device-id'")
+    with pytest.raises(CorruptStoreError, match="header is damaged"):
+        EncryptedStore(path, key)
