@@ -75,8 +75,13 @@ def mutate(arrays: list[np.ndarray], mutation: tuple) -> list[np.ndarray]:
     elif kind == "value":
         flat = arrays[index].reshape(-1)
         if flat.size:
+            value = mutation[3]
+            if not np.issubdtype(flat.dtype, np.inexact) and not np.isfinite(value):
+                # an integer array cannot hold NaN/Inf (NumPy raises): make the array float
+                flat = arrays[index] = flat.astype(np.float64).reshape(arrays[index].shape)
+                flat = flat.reshape(-1)
             with np.errstate(over="ignore", invalid="ignore"):
-                flat[int(mutation[2] * (flat.size - 1))] = mutation[3]
+                flat[int(mutation[2] * (flat.size - 1))] = value
     elif kind == "missing":
         del arrays[index]
     else:
