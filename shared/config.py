@@ -24,6 +24,7 @@ from shared.privacy import ACCOUNTANTS
 from shared.secagg import SecAggConfigError, SecAggPlan, parse_fault, plan_secagg
 
 STRATEGIES = ("fedavg", "fedadam", "itemsum")
+CANARY_UNITS = ("user", "interaction")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -103,6 +104,10 @@ class RunConfig:
     secagg_update_bound: float
     secagg_max_cohort: int
     test_secagg_fault: str  # TEST ONLY: fault injection (see shared.secagg.parse_fault)
+    # membership audit: canaries in the training data (shared/canaries.py; research runs only)
+    audit_canaries: int
+    audit_canary_items: int
+    audit_canary_unit: str
     # output
     out_dir: str
     # checkpoint and resume: a run directory (or its checkpoint file) to continue; "" starts anew
@@ -223,6 +228,7 @@ class RunConfig:
             )
         self._validate_privacy()
         self._validate_secagg()
+        self._validate_audit()
 
     def _require(self, keys: tuple[str, ...], ok, requirement: str) -> None:
         for key in keys:
@@ -273,6 +279,22 @@ class RunConfig:
                 "set: with no noise there is no privacy; set one of them"
             )
 
+    def _validate_audit(self) -> None:
+        _one_of("audit-canary-unit", self.audit_canary_unit, CANARY_UNITS)
+        if not self.audit_canaries:
+            return
+        # The audit tests the guarantee of its unit: a run must have that unit's DP, or none.
+        if self.audit_canary_unit == "user" and self.dp_interaction and not self.dp_user:
+            raise ConfigError(
+                "audit-canary-unit user audits user-level DP, but this run has only dp-interaction "
+                'on: set audit-canary-unit = "interaction" or turn dp-user on'
+            )
+        if self.audit_canary_unit == "interaction" and self.dp_user and not self.dp_interaction:
+            raise ConfigError(
+                "audit-canary-unit interaction audits interaction-level DP, but this run has only "
+                'dp-user on: set audit-canary-unit = "user" or turn dp-interaction on'
+            )
+
     def _validate_secagg(self) -> None:
         try:
             parse_fault(self.test_secagg_fault)
@@ -309,12 +331,12 @@ _AT_LEAST_ONE = (
     *("synthetic_users", "synthetic_items", "eval_negatives", "embedding_dim"),
     *("num_server_rounds", "min_fit_clients", "eval_every", "max_num_examples"),
     *("local_epochs", "batch_size", "centralized_epochs", "centralized_batch_size"),
-    "dp_planned_participations",
+    *("dp_planned_participations", "audit_canary_items"),
     *("secagg_num_shares", "secagg_reconstruction_threshold", "secagg_max_cohort"),
 )
 _NON_NEGATIVE = (
     *("num_items", "train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
-    "learning_rate_floor",
+    *("learning_rate_floor", "audit_canaries"),
     *("dp_noise_multiplier", "dp_target_epsilon", "dp_epsilon_cap"),
     *("dp_user_noise_multiplier", "dp_user_target_epsilon", "dp_user_epsilon_cap"),
 )

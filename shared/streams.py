@@ -32,6 +32,7 @@ class Stream(IntEnum):
     DP_LIMITS_COHORT = 13  # the cohort the noise-to-signal diagnostic measures
     HOLDOUT = 14  # which of a user's tied latest interactions is held out (all tie: no timestamps)
     DP_POPULARITY = 20  # the DP popularity baseline's noise and capping (research runs only)
+    AUDIT_CANARIES = 21  # the membership audit's canaries: coins, items, reference items
 
 
 # A round's epochs get indices ``round * EPOCHS_PER_ROUND + epoch``; personalization (before
