@@ -30,6 +30,7 @@ from shared.secagg import SecAggConfigError, SecAggPlan, plan_secagg
 STRATEGIES = ("fedavg", "fedadam", "itemsum")
 NOISE_SOURCES = ("server", "devices")
 _LAYERS = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")  # mlp-layers: widths, ASCII digits only
+CANARY_UNITS = ("user", "interaction")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -112,6 +113,10 @@ class RunConfig:
     secagg_update_bound: float
     secagg_max_cohort: int
     test_secagg_fault: str  # TEST ONLY: fault injection (see shared.faults.parse_fault)
+    # membership audit: canaries in the training data (shared/canaries.py; research runs only)
+    audit_canaries: int
+    audit_canary_items: int
+    audit_canary_unit: str
     # output
     out_dir: str
     # checkpoint and resume: a run directory (or its checkpoint file) to continue; "" starts anew
@@ -248,6 +253,7 @@ class RunConfig:
         self._validate_privacy()
         self._validate_secagg()
         self._validate_noise_source()
+        self._validate_audit()
 
     def _require(self, keys: tuple[str, ...], ok, requirement: str) -> None:
         for key in keys:
@@ -330,6 +336,22 @@ class RunConfig:
                 f"dp-noise-min-survivors <= {threshold} (0: {threshold})"
             )
 
+    def _validate_audit(self) -> None:
+        _one_of("audit-canary-unit", self.audit_canary_unit, CANARY_UNITS)
+        if not self.audit_canaries:
+            return
+        # The audit tests the guarantee of its unit: a run must have that unit's DP, or none.
+        if self.audit_canary_unit == "user" and self.dp_interaction and not self.dp_user:
+            raise ConfigError(
+                "audit-canary-unit user audits user-level DP, but this run has only dp-interaction "
+                'on: set audit-canary-unit = "interaction" or turn dp-user on'
+            )
+        if self.audit_canary_unit == "interaction" and self.dp_user and not self.dp_interaction:
+            raise ConfigError(
+                "audit-canary-unit interaction audits interaction-level DP, but this run has only "
+                'dp-user on: set audit-canary-unit = "user" or turn dp-interaction on'
+            )
+
     def _validate_secagg(self) -> None:
         try:
             parse_fault(self.test_secagg_fault)
@@ -366,14 +388,14 @@ _AT_LEAST_ONE = (
     *("synthetic_users", "synthetic_items", "eval_negatives", "embedding_dim"),
     *("num_server_rounds", "min_fit_clients", "eval_every", "max_num_examples"),
     *("local_epochs", "batch_size", "centralized_epochs", "centralized_batch_size"),
-    "dp_planned_participations",
+    *("dp_planned_participations", "audit_canary_items"),
     "cohort_size",
     *("secagg_num_shares", "secagg_reconstruction_threshold", "secagg_max_cohort"),
 )
 _NON_NEGATIVE = (
     "seed",  # NumPy refuses negative seeds, and only when the data is drawn
     *("num_items", "train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
-    "learning_rate_floor",
+    *("learning_rate_floor", "audit_canaries"),
     *("dp_noise_multiplier", "dp_target_epsilon", "dp_epsilon_cap"),
     *("dp_user_noise_multiplier", "dp_user_target_epsilon", "dp_user_epsilon_cap"),
 )

@@ -201,7 +201,21 @@ def data_summary_for(config: RunConfig) -> DataSummary:
 
 
 def split_for(config: RunConfig) -> LeaveOneOut:
-    """The run's split, loaded once per process (simulated clients share an actor process)."""
+    """The run's split, loaded once per process (simulated clients share an actor process).
+
+    With ``audit-canaries`` the membership audit's canaries are in its training data
+    (:mod:`shared.canaries`); :func:`base_split_for` is the split without them.
+    """
+    split = base_split_for(config)
+    if config.audit_canaries:
+        from shared.canaries import canary_split
+
+        return canary_split(config, split)
+    return split
+
+
+def base_split_for(config: RunConfig) -> LeaveOneOut:
+    """The run's split of its dataset, without any audit canaries."""
     split = _cached_split(DataSource.of(config), config.eval_negatives)[0]
     if config.num_items and config.num_items != split.num_items:
         from shared.config import ConfigError

@@ -33,6 +33,7 @@ class Stream(IntEnum):
     HOLDOUT = 14  # which of a user's tied latest interactions is held out (all tie: no timestamps)
     DEVICE_NOISE = 15  # a device's Skellam noise and rounding under device noise (research runs)
     DP_POPULARITY = 20  # the DP popularity baseline's noise and capping (research runs only)
+    AUDIT_CANARIES = 21  # the membership audit's canaries: coins, items, reference items
 
 
 # A round's epochs get indices ``round * EPOCHS_PER_ROUND + epoch``; personalization (before

@@ -1,7 +1,8 @@
 """The ``confide`` command: ``simulate`` (Flower simulation), ``centralized`` (baseline),
-``report`` (privacy-budget report of a run directory), ``certs`` (deployment credentials) and
-``audit item-inference`` (what a curious server learns about a user's items) and ``bench``
-(the cost of a round: floor, per device, Flower, cohort engine; simulations/bench.py).
+``report`` (privacy-budget report of a run directory), ``certs`` (deployment credentials),
+``audit item-inference`` (what a curious server learns about a user's items), ``audit
+membership`` (an ε lower bound from canaries in one run) and ``bench`` (the cost of a round:
+floor, per device, Flower, cohort engine; simulations/bench.py).
 
 A user-facing error (a bad file, a bad config value, a bad checkpoint, a tool that would not
 start) ends the command with one or two lines that name the problem and the fix, and exit code
@@ -127,7 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--users", type=int, default=0, help="cohort size (default: cohort-size if > 1, else 100)"
     )
-    for sub in (simulate, centralized, report, certs, inference, bench):
+    membership = audit.add_parser(
+        "membership",
+        help="train one run with canaries and bound ε from below (Steinke, Nasr, Jagielski 2023)",
+    )
+    membership.add_argument("run_dir", nargs="?", help="audit a finished canary run (else: train)")
+    add_config_args(membership)
+    membership.add_argument("--canaries", type=int, help="m canaries (sets audit-canaries)")
+    membership.add_argument(
+        "--guess-fraction",
+        type=float,
+        default=0.25,
+        help="guess 'in' for this top fraction of scores and 'out' for the bottom one (0.25)",
+    )
+    for sub in (simulate, centralized, report, certs, inference, membership, bench):
         add_debug_arg(sub)
     args = parser.parse_args(argv)
     try:
@@ -220,6 +234,8 @@ def _certs(directory: str, hosts: list[str], devices: str) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    if args.audit == "membership":
+        return _membership(args)
     from shared.saved_run import load_run
     from simulations.research.audit import run_item_inference
 
@@ -231,6 +247,20 @@ def _audit(args: argparse.Namespace) -> int:
         config, _ = _resolve(args)
         model, out = None, Path(args.out or "runs/audit")
     run_item_inference(config, model, out, args.cohorts, args.users)
+    return 0
+
+
+def _membership(args: argparse.Namespace) -> int:
+    from simulations.research.membership_audit import audit_run, run_membership_audit
+
+    if args.run_dir:
+        audit_run(Path(args.run_dir), Path(args.out or args.run_dir), args.guess_fraction)
+        return 0
+    if args.canaries is not None:
+        args.set = [*args.set, f"audit-canaries={args.canaries}"]
+    out = Path(args.out or "runs/audit-membership")
+    config, changed = _resolve(argparse.Namespace(**{**vars(args), "out": None}))
+    run_membership_audit(config, changed, out, args.guess_fraction)
     return 0
 
 
