@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -376,16 +377,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:
         print(f"deploy_local: config error: {err}", file=sys.stderr)
         return 2
+    return run_in_workdir(
+        "deploy_local", args.keep, lambda work: run(config, changed, work, args.devices, args.k)
+    )
+
+
+def run_in_workdir(name: str, keep: str | None, body: Callable[[Path], dict[str, Any]]) -> int:
+    """Run ``body`` in a private work directory (``keep``, or a temporary one removed after),
+    print its JSON result and turn it into an exit code; SIGTERM unwinds through the cleanup."""
     signal.signal(signal.SIGTERM, _interrupt)
-    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
-        print(f"deploy_local: --keep {args.keep} is not empty: name a new one", file=sys.stderr)
+    if keep and Path(keep).exists() and any(Path(keep).iterdir()):
+        print(f"{name}: --keep {keep} is not empty: name a new one", file=sys.stderr)
         return 2
-    work = Path(args.keep or tempfile.mkdtemp(prefix="confide-deploy-")).resolve()
+    work = Path(keep or tempfile.mkdtemp(prefix=f"confide-{name.split('_')[0]}-")).resolve()
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        result = run(config, changed, work, args.devices, args.k)
+        result = body(work)
+    except ConfigError as err:
+        print(f"{name}: {err}", file=sys.stderr)
+        return 2
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result), flush=True)
     return 0 if result["ok"] and result["processes_stopped"] else 1

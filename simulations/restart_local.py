@@ -20,11 +20,9 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from simulations.deploy_local import (
     _finished_status,
     node_config,
     prepare_devices,
+    run_in_workdir,
     submit,
 )
 from simulations.simulate import _bin, _children, _json_or_none, _run_status, _toml_value
@@ -297,22 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as err:
         print(f"restart_local: config error: {err}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)
-    if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
-        print(f"restart_local: --keep {args.keep} is not empty: name a new one", file=sys.stderr)
-        return 2
-    work = Path(args.keep or tempfile.mkdtemp(prefix="confide-restart-")).resolve()
-    work.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        result = run(config, changed, work, args.devices, args.kill_after)
-    except ConfigError as err:
-        print(f"restart_local: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result), flush=True)
-    return 0 if result["ok"] and result["processes_stopped"] else 1
+    return run_in_workdir(
+        "restart_local",
+        args.keep,
+        lambda work: run(config, changed, work, args.devices, args.kill_after),
+    )
 
 
 if __name__ == "__main__":
