@@ -39,7 +39,7 @@ from server.strategy import ConfideStrategy
 from server.user_dp import UserDPState
 from server.validation import ReplyValidator
 from shared.baselines import record_data_summary
-from shared.config import ConfigError, RunConfig
+from shared.config import RunConfig
 from shared.models import global_arrays, global_names
 from shared.records import CHECKPOINT_FILE
 from shared.rundir import RunDirectory
@@ -115,11 +115,7 @@ def release(config: RunConfig, user: UserDPState):
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)
-    if config.cohort_size > 1:  # refused rather than ignored (simulations.simulate says the same)
-        raise ConfigError(
-            f"cohort-size {config.cohort_size}: the cohort engine is not wired into Flower runs "
-            "yet (only `confide bench` runs it): set cohort-size = 1"
-        )
+    config.check_federated_run()
     checkpoint: Checkpoint | None = None
     if config.resume_from:  # refused in one line if this config cannot continue it
         checkpoint, where = load_for_resume(config)

@@ -174,6 +174,15 @@ class RunConfig:
         than its reconstruction threshold, which is the default."""
         return self.dp_noise_min_survivors or self.secagg_reconstruction_threshold
 
+    def check_federated_run(self) -> None:
+        """Refuse what a Flower run would accept and ignore: ``cohort-size > 1`` (the cohort
+        engine runs only in ``confide bench`` so far; the config stays valid for the bench)."""
+        if self.cohort_size > 1:
+            raise ConfigError(
+                f"cohort-size {self.cohort_size}: the cohort engine (client/cohort.py) is not "
+                "wired into Flower runs yet, only `confide bench` runs it: set cohort-size = 1"
+            )
+
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(int(x) for x in self.mlp_layers.split(","))

@@ -159,12 +159,10 @@ def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: in
     A resume (``resume-from``) is checked here first, so that a refused checkpoint or a finished
     run answers in one line, before any SuperLink starts.
     """
-    if config.cohort_size > 1:  # refused rather than ignored: the engine trains, nothing sends
-        print(
-            f"confide: cohort-size {config.cohort_size}: the cohort engine (client/cohort.py) is "
-            "not wired into Flower runs yet, only `confide bench` runs it: set cohort-size = 1",
-            file=sys.stderr,
-        )
+    try:
+        config.check_federated_run()  # the ServerApp checks again; here, before any SuperLink
+    except ConfigError as err:
+        print(f"confide: {err}", file=sys.stderr)
         return 2
     if config.resume_from:
         from server.checkpoint import CheckpointError, load_for_resume
