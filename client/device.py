@@ -3,6 +3,7 @@
     with Device.open("confide.db", key) as device:      # key: 32 bytes from the OS keystore
         device.record(item=42, rating=4.0)
         device.recommend(k=10)                           # [Recommendation(item, score), ...]
+        device.explain(item=7, k=3)                      # my own past items most like item 7
         device.privacy_budget()                          # ε spent, the cap that binds, unit
         device.delete_interaction(record_id)             # one interaction
         device.forget(device.device_id)                  # deletes everything of this user
@@ -37,10 +38,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from client.explain import Explanation, explain
 from client.policy import DevicePolicy
 from client.store import EncryptedStore, Interaction
 from client.training_round import LOCAL_USER, device_model, personalize
 from shared.config import RunConfig
+from shared.item_vectors import item_vectors
 from shared.models import private_state
 from shared.privacy import PrivacyHistory
 from shared.split import UserData, sample_excluding
@@ -63,6 +66,10 @@ LOG = logging.getLogger(__name__)
 
 class ModelNotReady(RuntimeError):
     """The device has no global model yet: it arrives with its first federated round."""
+
+
+class NoInteractions(RuntimeError):
+    """The device has no past items (in the catalogue) to explain a recommendation with."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,36 @@ class Device:
         order = np.lexsort((np.arange(len(scores)), -scores))  # best first, ties by item id
         top = [int(i) for i in order[:k] if np.isfinite(scores[i])]
         return [Recommendation(i, float(scores[i])) for i in top]
+
+    def explain(self, item: int, k: int = 5) -> list[Explanation]:
+        """The device's own past items that most support ``item``, best first.
+
+        Evidence: cosine similarity of the global model's item vectors
+        (:mod:`client.explain`). Computed here from the stored global model and this device's
+        own interactions only: no network call, nothing is written or sent, so it works with the
+        server (and the SuperNode) stopped. ``item`` itself and items outside the catalogue are
+        never among the reasons.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if isinstance(item, bool) or not isinstance(item, int | np.integer):
+            raise ValueError(f"item must be an integer catalogue index, got {_shown(item)}")
+        config, arrays = self._model()
+        if not 0 <= item < config.num_items:
+            raise ValueError(
+                f"item {_shown(item)} is outside the catalogue: use an index in "
+                f"0..{config.num_items - 1}"
+            )
+        own = {i.item for i in self.interactions() if i.item < config.num_items} - {int(item)}
+        if not own:
+            raise NoInteractions(
+                f"this device has no past items other than {int(item)} to explain it with: "
+                "record interactions first (Record)"
+            )
+        # user 0: only the global item tables are read, so the device's secret seed (and the
+        # write that creates it) is not needed; explain writes nothing to the store
+        model = device_model(config, config.num_items, 0, arrays, None)
+        return explain(item_vectors(model, config.num_items), int(item), own, k)
 
     def privacy_budget(self) -> PrivacyBudget:
         """ε spent, against the cap that binds.
@@ -340,8 +377,10 @@ class Device:
     def training_data(self, num_items: int, eval_negatives: int) -> UserData:
         """Leave-one-out over this device's own interactions, as in simulation (docs/design.md §5).
 
-        Every item counts once (its latest timestamp); the latest item is held out (ties: the
-        largest item id), and the evaluation negatives are items never seen, fixed per device.
+        Every item counts once (its latest timestamp); the latest item is held out (ties: a
+        uniform draw among the tied latest items, as :func:`shared.split.leave_one_out` does,
+        from this device's secret seed so the held-out item stays put between rounds), and the
+        evaluation negatives are items never seen, fixed per device.
         """
         latest: dict[int, float] = {}
         outside = []
@@ -367,9 +406,14 @@ class Device:
                 "(the latest is held out for evaluation): record more interactions first"
             )
         items = np.array(sorted(latest, key=lambda i: (latest[i], i)), dtype=np.int64)
+        tied = sum(1 for t in latest.values() if t == latest[int(items[-1])])
+        held = len(items) - 1
+        if tied > 1:  # drawn only on a tie (as in shared/split.py), in item order among them
+            held = len(items) - tied + int(np.random.default_rng(self._seed(-2)).integers(tied))
         rng = np.random.default_rng(self._seed(-1))
         negatives = sample_excluding(rng, num_items, items, eval_negatives)
-        return UserData(num_items, items[:-1], int(items[-1]), np.sort(negatives))
+        train = np.delete(items, held)
+        return UserData(num_items, train, int(items[held]), np.sort(negatives))
 
     # -- internals -------------------------------------------------------------------------
     def _seed(self, run_id: int = 0) -> int:

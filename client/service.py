@@ -24,7 +24,8 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from client.device import Device, ModelNotReady, PrivacyBudget, Recommendation
+from client.device import Device, ModelNotReady, NoInteractions, PrivacyBudget, Recommendation
+from client.explain import Explanation
 from client.proto import device_pb2 as pb
 from client.proto import device_pb2_grpc as pb_grpc
 from client.store import (
@@ -72,7 +73,7 @@ class DeviceAgentService(pb_grpc.DeviceAgentServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(err))
         except ValueError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except ModelNotReady as err:
+        except (ModelNotReady, NoInteractions) as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
         except TamperedError as err:  # CorruptStoreError too: the file's own structure
             self._serving(False)
@@ -128,6 +129,19 @@ class DeviceAgentService(pb_grpc.DeviceAgentServicer):
             )
 
         return self._call(context, recommend)
+
+    def Explain(self, request: pb.ExplainRequest, context) -> pb.ExplainReply:  # noqa: N802
+        def reasons(device: Device) -> pb.ExplainReply:
+            if not request.HasField("item"):
+                raise ValueError("item is required: the catalogue index of the item to explain")
+            found = device.explain(request.item, request.k)
+            return pb.ExplainReply(
+                reasons=[
+                    pb.Explanation(item=e.item, score=e.score, evidence=e.evidence) for e in found
+                ]
+            )
+
+        return self._call(context, reasons)
 
     def GetPrivacyBudget(self, request, context) -> pb.PrivacyBudget:  # noqa: N802
         def budget(device: Device) -> pb.PrivacyBudget:
@@ -282,6 +296,10 @@ class AgentClient:
     def recommend(self, k: int = 10) -> list[Recommendation]:
         reply = self.stub.Recommend(pb.RecommendRequest(k=k), timeout=self.timeout)
         return [Recommendation(r.item, r.score) for r in reply.items]
+
+    def explain(self, item: int, k: int = 5) -> list[Explanation]:
+        reply = self.stub.Explain(pb.ExplainRequest(item=item, k=k), timeout=self.timeout)
+        return [Explanation(e.item, e.score, e.evidence) for e in reply.reasons]
 
     def privacy_budget(self) -> PrivacyBudget:
         b = self.stub.GetPrivacyBudget(pb.PrivacyBudgetRequest(), timeout=self.timeout)

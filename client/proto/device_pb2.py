@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63lient/proto/device.proto\x12\x11\x63onfide.device.v1\"q\n\rRecordRequest\x12\x11\n\x04item\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x06rating\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\ttimestamp\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x07\n\x05_itemB\t\n\x07_ratingB\x0c\n\n_timestamp\"6\n\x0bRecordReply\x12\x11\n\trecord_id\x18\x01 \x01(\x03\x12\x14\n\x0cinteractions\x18\x02 \x01(\x03\"|\n\x0bInteraction\x12\x11\n\trecord_id\x18\x01 \x01(\x03\x12\x0c\n\x04item\x18\x02 \x01(\x03\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x13\n\x06rating\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11outside_catalogue\x18\x05 \x01(\x08\x42\t\n\x07_rating\"\x19\n\x17ListInteractionsRequest\"M\n\x15ListInteractionsReply\x12\x34\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x1e.confide.device.v1.Interaction\"-\n\x18\x44\x65leteInteractionRequest\x12\x11\n\trecord_id\x18\x01 \x01(\x03\".\n\x16\x44\x65leteInteractionReply\x12\x14\n\x0cinteractions\x18\x01 \x01(\x03\"\x1d\n\x10RecommendRequest\x12\t\n\x01k\x18\x01 \x01(\x05\"-\n\x0eRecommendation\x12\x0c\n\x04item\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x01\"T\n\x0eRecommendReply\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.confide.device.v1.Recommendation\x12\x10\n\x08refitted\x18\x02 \x01(\x08\"\x16\n\x14PrivacyBudgetRequest\"\xc3\x01\n\rPrivacyBudget\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\x10\n\x03\x63\x61p\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65lta\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x12\n\naccountant\x18\x05 \x01(\t\x12\r\n\x05steps\x18\x06 \x01(\x03\x12\x16\n\tremaining\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\ncap_source\x18\x08 \x01(\tB\x06\n\x04_capB\x08\n\x06_deltaB\x0c\n\n_remaining\"(\n\rForgetRequest\x12\x11\n\tdevice_id\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02\"\r\n\x0b\x46orgetReply\"\x0f\n\rStatusRequest\"\xca\x02\n\x06Status\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0cinteractions\x18\x02 \x01(\x03\x12\x11\n\tnum_items\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10has_global_model\x18\x05 \x01(\x08\x12\x1d\n\x15has_private_embedding\x18\x06 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12\x18\n\x0b\x65psilon_cap\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11\x65psilon_remaining\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x64\x65lta\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x12\n\ncap_source\x18\x0b \x01(\t\x12\x19\n\x11outside_catalogue\x18\x0c \x01(\x03\x42\x0e\n\x0c_epsilon_capB\x14\n\x12_epsilon_remainingB\x08\n\x06_delta\"\x0f\n\rVerifyRequest\"\x1e\n\x0bVerifyReply\x12\x0f\n\x07records\x18\x01 \x01(\x03\x32\xc6\x05\n\x0b\x44\x65viceAgent\x12J\n\x06Record\x12 .confide.device.v1.RecordRequest\x1a\x1e.confide.device.v1.RecordReply\x12h\n\x10ListInteractions\x12*.confide.device.v1.ListInteractionsRequest\x1a(.confide.device.v1.ListInteractionsReply\x12k\n\x11\x44\x65leteInteraction\x12+.confide.device.v1.DeleteInteractionRequest\x1a).confide.device.v1.DeleteInteractionReply\x12S\n\tRecommend\x12#.confide.device.v1.RecommendRequest\x1a!.confide.device.v1.RecommendReply\x12]\n\x10GetPrivacyBudget\x12\'.confide.device.v1.PrivacyBudgetRequest\x1a .confide.device.v1.PrivacyBudget\x12J\n\x06\x46orget\x12 .confide.device.v1.ForgetRequest\x1a\x1e.confide.device.v1.ForgetReply\x12H\n\tGetStatus\x12 .confide.device.v1.StatusRequest\x1a\x19.confide.device.v1.Status\x12J\n\x06Verify\x12 .confide.device.v1.VerifyRequest\x1a\x1e.confide.device.v1.VerifyReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63lient/proto/device.proto\x12\x11\x63onfide.device.v1\"q\n\rRecordRequest\x12\x11\n\x04item\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x06rating\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\ttimestamp\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x07\n\x05_itemB\t\n\x07_ratingB\x0c\n\n_timestamp\"6\n\x0bRecordReply\x12\x11\n\trecord_id\x18\x01 \x01(\x03\x12\x14\n\x0cinteractions\x18\x02 \x01(\x03\"|\n\x0bInteraction\x12\x11\n\trecord_id\x18\x01 \x01(\x03\x12\x0c\n\x04item\x18\x02 \x01(\x03\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x13\n\x06rating\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11outside_catalogue\x18\x05 \x01(\x08\x42\t\n\x07_rating\"\x19\n\x17ListInteractionsRequest\"M\n\x15ListInteractionsReply\x12\x34\n\x0cinteractions\x18\x01 \x03(\x0b\x32\x1e.confide.device.v1.Interaction\"-\n\x18\x44\x65leteInteractionRequest\x12\x11\n\trecord_id\x18\x01 \x01(\x03\".\n\x16\x44\x65leteInteractionReply\x12\x14\n\x0cinteractions\x18\x01 \x01(\x03\"\x1d\n\x10RecommendRequest\x12\t\n\x01k\x18\x01 \x01(\x05\"-\n\x0eRecommendation\x12\x0c\n\x04item\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x01\"T\n\x0eRecommendReply\x12\x30\n\x05items\x18\x01 \x03(\x0b\x32!.confide.device.v1.Recommendation\x12\x10\n\x08refitted\x18\x02 \x01(\x08\"7\n\x0e\x45xplainRequest\x12\x11\n\x04item\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\t\n\x01k\x18\x02 \x01(\x05\x42\x07\n\x05_item\"<\n\x0b\x45xplanation\x12\x0c\n\x04item\x18\x01 \x01(\x03\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x65vidence\x18\x03 \x01(\t\"?\n\x0c\x45xplainReply\x12/\n\x07reasons\x18\x01 \x03(\x0b\x32\x1e.confide.device.v1.Explanation\"\x16\n\x14PrivacyBudgetRequest\"\xc3\x01\n\rPrivacyBudget\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\x10\n\x03\x63\x61p\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05\x64\x65lta\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x12\n\naccountant\x18\x05 \x01(\t\x12\r\n\x05steps\x18\x06 \x01(\x03\x12\x16\n\tremaining\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\ncap_source\x18\x08 \x01(\tB\x06\n\x04_capB\x08\n\x06_deltaB\x0c\n\n_remaining\"(\n\rForgetRequest\x12\x11\n\tdevice_id\x18\x02 \x01(\tJ\x04\x08\x01\x10\x02\"\r\n\x0b\x46orgetReply\"\x0f\n\rStatusRequest\"\xca\x02\n\x06Status\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0cinteractions\x18\x02 \x01(\x03\x12\x11\n\tnum_items\x18\x03 \x01(\x03\x12\r\n\x05model\x18\x04 \x01(\t\x12\x18\n\x10has_global_model\x18\x05 \x01(\x08\x12\x1d\n\x15has_private_embedding\x18\x06 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x07 \x01(\x01\x12\x18\n\x0b\x65psilon_cap\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11\x65psilon_remaining\x18\t \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x64\x65lta\x18\n \x01(\x01H\x02\x88\x01\x01\x12\x12\n\ncap_source\x18\x0b \x01(\t\x12\x19\n\x11outside_catalogue\x18\x0c \x01(\x03\x42\x0e\n\x0c_epsilon_capB\x14\n\x12_epsilon_remainingB\x08\n\x06_delta\"\x0f\n\rVerifyRequest\"\x1e\n\x0bVerifyReply\x12\x0f\n\x07records\x18\x01 \x01(\x03\x32\x95\x06\n\x0b\x44\x65viceAgent\x12J\n\x06Record\x12 .confide.device.v1.RecordRequest\x1a\x1e.confide.device.v1.RecordReply\x12h\n\x10ListInteractions\x12*.confide.device.v1.ListInteractionsRequest\x1a(.confide.device.v1.ListInteractionsReply\x12k\n\x11\x44\x65leteInteraction\x12+.confide.device.v1.DeleteInteractionRequest\x1a).confide.device.v1.DeleteInteractionReply\x12S\n\tRecommend\x12#.confide.device.v1.RecommendRequest\x1a!.confide.device.v1.RecommendReply\x12M\n\x07\x45xplain\x12!.confide.device.v1.ExplainRequest\x1a\x1f.confide.device.v1.ExplainReply\x12]\n\x10GetPrivacyBudget\x12\'.confide.device.v1.PrivacyBudgetRequest\x1a .confide.device.v1.PrivacyBudget\x12J\n\x06\x46orget\x12 .confide.device.v1.ForgetRequest\x1a\x1e.confide.device.v1.ForgetReply\x12H\n\tGetStatus\x12 .confide.device.v1.StatusRequest\x1a\x19.confide.device.v1.Status\x12J\n\x06Verify\x12 .confide.device.v1.VerifyRequest\x1a\x1e.confide.device.v1.VerifyReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,22 +51,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDATION']._serialized_end=622
   _globals['_RECOMMENDREPLY']._serialized_start=624
   _globals['_RECOMMENDREPLY']._serialized_end=708
-  _globals['_PRIVACYBUDGETREQUEST']._serialized_start=710
-  _globals['_PRIVACYBUDGETREQUEST']._serialized_end=732
-  _globals['_PRIVACYBUDGET']._serialized_start=735
-  _globals['_PRIVACYBUDGET']._serialized_end=930
-  _globals['_FORGETREQUEST']._serialized_start=932
-  _globals['_FORGETREQUEST']._serialized_end=972
-  _globals['_FORGETREPLY']._serialized_start=974
-  _globals['_FORGETREPLY']._serialized_end=987
-  _globals['_STATUSREQUEST']._serialized_start=989
-  _globals['_STATUSREQUEST']._serialized_end=1004
-  _globals['_STATUS']._serialized_start=1007
-  _globals['_STATUS']._serialized_end=1337
-  _globals['_VERIFYREQUEST']._serialized_start=1339
-  _globals['_VERIFYREQUEST']._serialized_end=1354
-  _globals['_VERIFYREPLY']._serialized_start=1356
-  _globals['_VERIFYREPLY']._serialized_end=1386
-  _globals['_DEVICEAGENT']._serialized_start=1389
-  _globals['_DEVICEAGENT']._serialized_end=2099
+  _globals['_EXPLAINREQUEST']._serialized_start=710
+  _globals['_EXPLAINREQUEST']._serialized_end=765
+  _globals['_EXPLANATION']._serialized_start=767
+  _globals['_EXPLANATION']._serialized_end=827
+  _globals['_EXPLAINREPLY']._serialized_start=829
+  _globals['_EXPLAINREPLY']._serialized_end=892
+  _globals['_PRIVACYBUDGETREQUEST']._serialized_start=894
+  _globals['_PRIVACYBUDGETREQUEST']._serialized_end=916
+  _globals['_PRIVACYBUDGET']._serialized_start=919
+  _globals['_PRIVACYBUDGET']._serialized_end=1114
+  _globals['_FORGETREQUEST']._serialized_start=1116
+  _globals['_FORGETREQUEST']._serialized_end=1156
+  _globals['_FORGETREPLY']._serialized_start=1158
+  _globals['_FORGETREPLY']._serialized_end=1171
+  _globals['_STATUSREQUEST']._serialized_start=1173
+  _globals['_STATUSREQUEST']._serialized_end=1188
+  _globals['_STATUS']._serialized_start=1191
+  _globals['_STATUS']._serialized_end=1521
+  _globals['_VERIFYREQUEST']._serialized_start=1523
+  _globals['_VERIFYREQUEST']._serialized_end=1538
+  _globals['_VERIFYREPLY']._serialized_start=1540
+  _globals['_VERIFYREPLY']._serialized_end=1570
+  _globals['_DEVICEAGENT']._serialized_start=1573
+  _globals['_DEVICEAGENT']._serialized_end=2362
 # @@protoc_insertion_point(module_scope)

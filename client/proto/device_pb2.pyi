@@ -82,6 +82,30 @@ class RecommendReply(_message.Message):
     refitted: bool
     def __init__(self, items: _Optional[_Iterable[_Union[Recommendation, _Mapping]]] = ..., refitted: _Optional[bool] = ...) -> None: ...
 
+class ExplainRequest(_message.Message):
+    __slots__ = ("item", "k")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    item: int
+    k: int
+    def __init__(self, item: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("item", "score", "evidence")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    item: int
+    score: float
+    evidence: str
+    def __init__(self, item: _Optional[int] = ..., score: _Optional[float] = ..., evidence: _Optional[str] = ...) -> None: ...
+
+class ExplainReply(_message.Message):
+    __slots__ = ("reasons",)
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    reasons: _containers.RepeatedCompositeFieldContainer[Explanation]
+    def __init__(self, reasons: _Optional[_Iterable[_Union[Explanation, _Mapping]]] = ...) -> None: ...
+
 class PrivacyBudgetRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

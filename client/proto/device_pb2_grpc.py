@@ -56,6 +56,11 @@ class DeviceAgentStub:
                 request_serializer=client_dot_proto_dot_device__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=client_dot_proto_dot_device__pb2.RecommendReply.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/confide.device.v1.DeviceAgent/Explain',
+                request_serializer=client_dot_proto_dot_device__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=client_dot_proto_dot_device__pb2.ExplainReply.FromString,
+                _registered_method=True)
         self.GetPrivacyBudget = channel.unary_unary(
                 '/confide.device.v1.DeviceAgent/GetPrivacyBudget',
                 request_serializer=client_dot_proto_dot_device__pb2.PrivacyBudgetRequest.SerializeToString,
@@ -113,6 +118,15 @@ class DeviceAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """The device's own past items that most support item (cosine of the global model's item
+        vectors), computed on the device: nothing is sent anywhere. INVALID_ARGUMENT: no item, item
+        outside the catalogue, k < 1; FAILED_PRECONDITION: no global model yet, or no past items.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPrivacyBudget(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -162,6 +176,11 @@ def add_DeviceAgentServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=client_dot_proto_dot_device__pb2.RecommendRequest.FromString,
                     response_serializer=client_dot_proto_dot_device__pb2.RecommendReply.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=client_dot_proto_dot_device__pb2.ExplainRequest.FromString,
+                    response_serializer=client_dot_proto_dot_device__pb2.ExplainReply.SerializeToString,
             ),
             'GetPrivacyBudget': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPrivacyBudget,
@@ -294,6 +313,33 @@ class DeviceAgent:
             '/confide.device.v1.DeviceAgent/Recommend',
             client_dot_proto_dot_device__pb2.RecommendRequest.SerializeToString,
             client_dot_proto_dot_device__pb2.RecommendReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/confide.device.v1.DeviceAgent/Explain',
+            client_dot_proto_dot_device__pb2.ExplainRequest.SerializeToString,
+            client_dot_proto_dot_device__pb2.ExplainReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -100,8 +100,10 @@ def test_training_data_is_leave_one_out_over_the_device(device, caplog):
     for item, t in [(7, 5.0), (3, 1.0), (7, 9.0), (12, 8.0), (5, 9.0)]:
         device.record(item, timestamp=t)
     data = device.training_data(NUM_ITEMS, eval_negatives=20)
-    assert data.test_item == 7  # latest (t=9) with the larger id on the tie
-    assert list(data.train_items) == [3, 12, 5]  # each item once, by time
+    assert data.test_item in {5, 7}  # the latest (t=9): a tie, drawn as shared/split.py does
+    other = ({5, 7} - {data.test_item}).pop()
+    assert list(data.train_items) == [3, 12, other]  # each item once, by time
+    assert device.training_data(NUM_ITEMS, 20).test_item == data.test_item  # fixed per device
     assert len(set(data.eval_negatives)) == 20
     assert not {3, 5, 7, 12} & set(data.eval_negatives.tolist())
     np.testing.assert_array_equal(
@@ -110,8 +112,22 @@ def test_training_data_is_leave_one_out_over_the_device(device, caplog):
     # Items outside the catalogue (recorded before it was known) are left out, with a warning.
     with caplog.at_level(logging.WARNING, logger="client.device"):
         small = device.training_data(10, 5)
-    assert small.test_item == 7 and list(small.train_items) == [3, 5]
+    assert small.test_item == data.test_item and list(small.train_items) == [3, other]
     assert "outside the catalogue of 10 items" in caplog.text and "record ids 4" in caplog.text
+
+
+def test_tied_latest_items_are_a_uniform_draw_and_a_unique_latest_is_always_held_out(tmp_path):
+    # The largest id always winning the tie (the old rule) would give {7} here; a draw per device
+    # (as leave_one_out draws per user) gives each tied item to some of 30 devices.
+    held, unique = set(), set()
+    for n in range(30):
+        with Device.open(tmp_path / f"d{n}.db", secrets.token_bytes(32)) as device:
+            for item, t in [(3, 1.0), (5, 9.0), (7, 9.0), (2, 9.0)]:
+                device.record(item, timestamp=t)
+            held.add(device.training_data(NUM_ITEMS, 5).test_item)
+            device.record(4, timestamp=10.0)
+            unique.add(device.training_data(NUM_ITEMS, 5).test_item)
+    assert held == {2, 5, 7} and unique == {4}
 
 
 def test_key_sources_are_checked(tmp_path):
