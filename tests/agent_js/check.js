@@ -48,6 +48,9 @@ async function main() {
   out.budget = await call(agent, 'GetPrivacyBudget', {});
   out.verify = await call(agent, 'Verify', {});
   out.recommend = await call(agent, 'Recommend', { k: 3 });
+  const top = out.recommend.reply ? out.recommend.reply.items[0].item : 0;
+  out.explain = await call(agent, 'Explain', { item: top, k: 5 });
+  out.explain_no_item = await call(agent, 'Explain', { k: 5 });
   out.forget = await call(agent, 'Forget', { device_id: out.status.reply.device_id });
   out.after = await call(agent, 'GetStatus', {});
   process.stdout.write(JSON.stringify(out) + '\n');

@@ -112,6 +112,12 @@ def test_a_nodejs_client_built_from_the_proto(agent_address):
     assert out["verify"] == {"code": "OK", "reply": {"records": "4"}}  # 2 interactions + 2 state
     items = [int(r["item"]) for r in out["recommend"]["reply"]["items"]]
     assert len(items) == 3 and not {5, 8} & set(items)
+    reasons = out["explain"]["reply"]["reasons"]  # only the device's own items (3 was deleted)
+    assert sorted(r["item"] for r in reasons) == ["5", "8"]
+    assert {r["evidence"] for r in reasons} == {"item-similarity"}
+    assert reasons[0]["score"] >= reasons[1]["score"]
+    assert out["explain_no_item"]["code"] == "INVALID_ARGUMENT"
+    assert "item is required" in out["explain_no_item"]["details"]
 
     assert out["forget"]["code"] == "OK"
     after = out["after"]["reply"]
