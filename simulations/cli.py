@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         help="number of simulated devices (default: one per user of the dataset)",
     )
     simulate.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the devices on this running Ray cluster (`ray start --head` on one machine, "
+        "`ray start --address HOST:PORT` on the others) instead of a local Ray",
+    )
+    simulate.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last complete round, with its config.json "
@@ -188,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     # Flower starts, and the log says how the held-out items were chosen and what was dropped.
     for line in data_summary_for(config).lines():
         print(f"[confide] {line}")
-    return run_simulation(config, changed, supernodes=args.supernodes)
+    return run_simulation(config, changed, supernodes=args.supernodes, ray_address=args.ray_address)
 
 
 def _resolve(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:

@@ -151,8 +151,17 @@ def resume_config(
     return config, {k: v for k, v in config.to_mapping().items() if defaults.get(k) != v}
 
 
-def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: int = 0) -> int:
+def run_simulation(
+    config: RunConfig,
+    changed: dict[str, Any],
+    *,
+    supernodes: int = 0,
+    ray_address: str | None = None,
+) -> int:
     """Run the app with one supernode per user; returns a process exit code.
+
+    ``ray_address`` (``HOST:PORT`` of a running Ray cluster's head, as ``ray start --head``
+    prints it) runs the ClientApps on that cluster instead of a Ray started for this run alone.
 
     ``changed`` holds the values that differ from the app's defaults (see
     :func:`shared.config.resolve_config`): Flower merges them into its own copy of the defaults.
@@ -179,6 +188,12 @@ def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: in
             )
             return 0
         print(f"[confide] resuming {where} after round {checkpoint.round}", flush=True)
+    if ray_address:
+        try:
+            check_ray_address(ray_address)
+        except ConfigError as err:
+            print(f"confide: {err}", file=sys.stderr)
+            return 2
     num_users = split_for(config).num_users
     supernodes = supernodes or num_users
     if supernodes > num_users:
@@ -211,7 +226,12 @@ def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: in
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "OMP_NUM_THREADS": "1",  # one torch thread per Ray actor
         }
-        env.pop("RAY_ADDRESS", None)  # never attach to somebody else's Ray cluster
+        # Attach to a Ray cluster only when asked: Flower 1.42 calls ray.init() with no address
+        # (its federation config has no init-args.address), so Ray reads RAY_ADDRESS from the
+        # environment the SuperLink hands its SuperExec and the simulation process (§8).
+        env.pop("RAY_ADDRESS", None)
+        if ray_address:
+            env["RAY_ADDRESS"] = ray_address
         log_file = (home_path / "superlink.log").open("w")
         superlink = subprocess.Popen(
             [
@@ -233,9 +253,10 @@ def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: in
         )
         try:
             _wait_healthy(port, superlink)
+            where = f"the Ray cluster at {ray_address}" if ray_address else "a local Ray"
             print(
                 f"[confide] SuperLink pid {superlink.pid} on 127.0.0.1:{port}; "
-                f"{supernodes} supernodes; run directory {out_dir}",
+                f"{supernodes} supernodes on {where}; run directory {out_dir}",
                 flush=True,
             )
             federation = (
@@ -274,6 +295,24 @@ def run_simulation(config: RunConfig, changed: dict[str, Any], *, supernodes: in
             stop_process_tree(superlink)
             log_file.close()
     return _summarize(status, out_dir)
+
+
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``--ray-address`` that is not ``HOST:PORT`` or where nothing listens, in one line
+    and before any SuperLink starts (else Ray's own error comes minutes later, deep in the log)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"--ray-address {address!r} is not HOST:PORT: give the address `ray start --head` "
+            "printed, e.g. 10.0.0.5:6379"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} ({err.strerror or err}): start one with "
+            f"`ray start --head --port {port}` there, or drop --ray-address for a local Ray"
+        ) from None
 
 
 def _interrupt(signum: int, _frame: object) -> None:
