@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shared.data import AUTO, CSV_HEADERS, DATASETS
 from shared.data.delimited import check_delimiter
 from shared.defaults import default_values
@@ -58,6 +60,7 @@ class RunConfig:
     model: str
     embedding_dim: int
     mlp_layers: str
+    item_features: str  # "" | "movielens" | a CSV path: public catalogue features (Wide & Deep)
     # federation
     num_server_rounds: int
     clients_per_round: int
@@ -151,7 +154,22 @@ class RunConfig:
             dim=self.embedding_dim,
             mlp_layers=self.layers,
             seed=self.seed if seed is None else seed,
+            item_features=self.item_feature_matrix(num_items),
         )
+
+    def item_feature_matrix(self, num_items: int) -> np.ndarray | None:
+        """The run's public item features (``item-features``), checked against the catalogue."""
+        if not self.item_features:
+            return None
+        from shared.split import item_features_for
+
+        features = item_features_for(self)
+        if features.shape[0] != num_items:
+            raise ConfigError(
+                f"item-features has rows for {features.shape[0]} items but the model has "
+                f"{num_items}: point num-items and item-features at the same catalogue"
+            )
+        return features
 
     @property
     def private_replies(self) -> bool:
@@ -235,6 +253,12 @@ class RunConfig:
             raise ConfigError(f"dataset {self.dataset!r} needs data-dir: the path to its files")
         self._validate_csv()
         self._validate_filters()
+        if self.item_features == "movielens" and self.dataset not in MOVIELENS_DATASETS:
+            raise ConfigError(
+                f"item-features = 'movielens' reads the catalogue of a MovieLens dataset, but "
+                f"dataset is {self.dataset!r}: set item-features to a CSV path of item features, "
+                "or to '' for none"
+            )
         try:
             if not _LAYERS.fullmatch(self.mlp_layers):  # int() also takes "1_0", " 8", "٢"
                 raise ValueError(self.mlp_layers)
@@ -393,6 +417,7 @@ class RunConfig:
             )
 
 
+MOVIELENS_DATASETS = ("ml-100k", "ml-1m", "movielens-csv")  # their catalogues: item features
 _AT_LEAST_ONE = (
     *("synthetic_users", "synthetic_items", "eval_negatives", "embedding_dim"),
     *("num_server_rounds", "min_fit_clients", "eval_every", "max_num_examples"),

@@ -177,7 +177,9 @@ def training_examples(
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_split(source: DataSource, eval_negatives: int) -> tuple[LeaveOneOut, DataSummary]:
+def _cached_split(
+    source: DataSource, eval_negatives: int
+) -> tuple[LeaveOneOut, DataSummary, np.ndarray]:
     """Keyed by every data key (the filters too: they are :class:`DataSource` fields)."""
     data, report = source.prepare()
     split = leave_one_out(data, num_eval_negatives=eval_negatives, seed=source.seed)
@@ -192,7 +194,7 @@ def _cached_split(source: DataSource, eval_negatives: int) -> tuple[LeaveOneOut,
         random_holdouts=split.random_holdouts,
         filters=report,
     )
-    return split, summary
+    return split, summary, data.raw_item_ids
 
 
 def data_summary_for(config: RunConfig) -> DataSummary:
@@ -225,6 +227,36 @@ def base_split_for(config: RunConfig) -> LeaveOneOut:
             "set num-items = 0 to derive it from the dataset, or point it at the right data"
         )
     return split
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_features(source: DataSource, eval_negatives: int, item_features: str):
+    from shared.data.item_features import load_item_features, movielens_catalogue
+
+    raw_item_ids = _cached_split(source, eval_negatives)[2]
+    path = movielens_catalogue(source.data_dir) if item_features == "movielens" else item_features
+    return load_item_features(path, raw_item_ids)
+
+
+def item_features_for(config: RunConfig) -> np.ndarray:
+    """The run's public item features, one row per dense item id (``item-features``).
+
+    Rows are placed by the dataset's dense->raw item mapping, so every side that builds the
+    model needs the dataset's item list (a simulation has it; a deployment would ship the
+    catalogue and its mapping, which is not built yet: docs/design.md §10).
+    """
+    return _cached_features(
+        DataSource.of(config), config.eval_negatives, config.item_features
+    ).matrix
+
+
+def item_features_summary(config: RunConfig) -> dict[str, object] | None:
+    """What data.json records of the features used (None: no features)."""
+    if not config.item_features:
+        return None
+    return _cached_features(
+        DataSource.of(config), config.eval_negatives, config.item_features
+    ).describe()
 
 
 def catalog_size(config: RunConfig) -> int:

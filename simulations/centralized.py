@@ -31,6 +31,7 @@ def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) ->
         dim=config.embedding_dim,
         mlp_layers=config.layers,
         seed=config.seed,
+        item_features=config.item_feature_matrix(split.num_items),
     )
     optimizer = make_optimizer(
         config.optimizer, model.parameters(), config.centralized_learning_rate
