@@ -333,6 +333,11 @@ class RunConfig:
                 "dp-interaction is not available for sasrec: one interaction is a target and the "
                 "context of later ones, so per-position DP-SGD would not bound it; use dp-user"
             )
+        if self.model == "sasrec" and self.cohort_size > 1:
+            raise ConfigError(
+                "cohort-size > 1 runs the NCF family only (client/cohort.py trains user rows): "
+                "set cohort-size = 1 for sasrec"
+            )
 
     def _validate_privacy(self) -> None:
         _one_of("dp-accountant", self.dp_accountant, ACCOUNTANTS)
