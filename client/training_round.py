@@ -27,6 +27,8 @@ from shared.models import (
     private_state,
 )
 from shared.privacy import PrivacyHistory
+from shared.sequence_model import SASRec
+from shared.sequence_training import train_sequence_epoch, user_examples
 from shared.split import UserData, training_examples
 from shared.streams import (
     device_torch_seed,
@@ -64,12 +66,21 @@ def device_model(
     user_id: int,
     global_params: Sequence[np.ndarray],
     private: Mapping[str, np.ndarray] | None,
+    data_sequence: np.ndarray | None = None,
 ) -> Recommender:
-    """The global model plus this user's private rows (fresh, seeded by user, if none yet)."""
+    """The global model plus this user's private rows (fresh, seeded by user, if none yet), or,
+    for a sequence model, the user's training items in order (``data_sequence``)."""
     model = config.build_model(num_items, seed=user_embedding_seed(config.seed, user_id))
     load_global(model, global_params)
     if private is not None:
         load_private(model, private)
+    if isinstance(model, SASRec):  # its user state: the device's own sequence, oldest first
+        if data_sequence is None:
+            raise ValueError(
+                "model sasrec needs the device's items in time order (data_sequence); this caller "
+                "passed none: pass the store's items oldest first, or use an NCF model"
+            )
+        model.set_sequence(LOCAL_USER, data_sequence)
     return model
 
 
@@ -105,7 +116,7 @@ def train(
     changes nothing. A policy with a cap refuses non-private training (:class:`PolicyViolation`).
     """
     policy.check_run(config)
-    model = device_model(config, data.num_items, user_id, global_params, private)
+    model = device_model(config, data.num_items, user_id, global_params, private, data.train_items)
     _seed_round(config, user_id, server_round)
     if config.dp_interaction:
         return _train_dp(config, model, data, user_id, server_round, global_params, history, policy)
@@ -114,7 +125,8 @@ def train(
     losses = []
     for epoch in range(config.local_epochs):
         rng = train_negatives_rng(config.seed, user_id, server_round, epoch)
-        losses.append(_local_epoch(config, model, optimizer, data, rng))
+        epoch_fn = _sequence_epoch if isinstance(model, SASRec) else _local_epoch
+        losses.append(epoch_fn(config, model, optimizer, data, rng))
     return TrainResult(
         global_arrays=global_arrays(model),
         private=private_state(model),
@@ -172,7 +184,7 @@ def evaluate(
     global model on its own training data, as it would before recommending: an embedding last
     trained many rounds ago no longer matches the global towers. The re-fit is not kept.
     """
-    model = device_model(config, data.num_items, user_id, global_params, private)
+    model = device_model(config, data.num_items, user_id, global_params, private, data.train_items)
     if config.personalize_epochs:
         personalize(config, model, data, user_id)
     with torch.no_grad():
@@ -183,6 +195,8 @@ def personalize(config: RunConfig, model: Recommender, data: UserData, user_id: 
     """Train only the private (user) parameters, global ones frozen, on the device's data."""
     names = set(private_names(model))
     private = [p for n, p in model.named_parameters() if n in names]
+    if not private:  # a sequence model: its user state is data, there is nothing to re-fit
+        return
     for p in model.parameters():
         p.requires_grad_(False)
     for p in private:
@@ -203,3 +217,19 @@ def _local_epoch(
     items, labels = training_examples(data.train_items, data.num_items, config.train_negatives, rng)
     users = np.full(len(items), LOCAL_USER)
     return train_epoch(model, optimizer, users, items, labels, config.batch_size, rng)
+
+
+def _sequence_epoch(
+    config: RunConfig,
+    model: SASRec,
+    optimizer: torch.optim.Optimizer,
+    data: UserData,
+    rng: np.random.Generator,
+) -> float:
+    """One pass of next-item prediction over the device's own sequence; mean loss."""
+    inputs, positives, negatives = user_examples(
+        data.train_items, data.num_items, model.max_length, rng
+    )
+    return train_sequence_epoch(
+        model, optimizer, inputs, positives, negatives, config.batch_size, rng
+    )

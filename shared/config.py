@@ -61,6 +61,10 @@ class RunConfig:
     embedding_dim: int
     mlp_layers: str
     item_features: str  # "" | "movielens" | a CSV path: public catalogue features (Wide & Deep)
+    sequence_length: int  # sasrec: the last N items of a user's sequence it attends over
+    attention_blocks: int  # sasrec: self-attention blocks
+    attention_heads: int  # sasrec: heads per block (must divide embedding-dim)
+    attention_dropout: float  # sasrec: dropout on embeddings, attention and feed-forward
     # federation
     num_server_rounds: int
     clients_per_round: int
@@ -155,6 +159,7 @@ class RunConfig:
             mlp_layers=self.layers,
             seed=self.seed if seed is None else seed,
             item_features=self.item_feature_matrix(num_items),
+            sequence=self.sequence_options,
         )
 
     def item_feature_matrix(self, num_items: int) -> np.ndarray | None:
@@ -170,6 +175,16 @@ class RunConfig:
                 f"{num_items}: point num-items and item-features at the same catalogue"
             )
         return features
+
+    @property
+    def sequence_options(self) -> dict[str, float]:
+        """SASRec's architecture keys, as :class:`shared.sequence_model.SASRec` takes them."""
+        return {
+            "max_length": self.sequence_length,
+            "blocks": self.attention_blocks,
+            "heads": self.attention_heads,
+            "dropout": self.attention_dropout,
+        }
 
     @property
     def private_replies(self) -> bool:
@@ -283,6 +298,7 @@ class RunConfig:
                 "server-momentum applies to fedavg and itemsum; fedadam keeps its own first "
                 "moment (beta 0.9): set server-momentum = 0.0 or use strategy fedavg"
             )
+        self._validate_sequence_model()
         self._validate_privacy()
         self._validate_secagg()
         self._validate_noise_source()
@@ -326,6 +342,30 @@ class RunConfig:
             raise ConfigError(
                 f"min-rating must be 0 (keep all) or more, got {self.min_rating!r}: interactions "
                 "rated below it are dropped before the split"
+            )
+
+    def _validate_sequence_model(self) -> None:
+        if not 0 <= self.attention_dropout < 1:
+            raise ConfigError(f"attention-dropout must be in [0, 1), got {self.attention_dropout}")
+        if self.model == "sasrec" and self.embedding_dim % self.attention_heads:
+            raise ConfigError(
+                f"embedding-dim {self.embedding_dim} is not divisible by attention-heads "
+                f"{self.attention_heads}: sasrec splits the embedding across heads"
+            )
+        if self.model == "sasrec" and self.dp_interaction:
+            raise ConfigError(
+                "dp-interaction is not available for sasrec: one interaction is a target and the "
+                "context of later ones, so per-position DP-SGD would not bound it; use dp-user"
+            )
+        if self.model == "sasrec" and self.item_features:
+            raise ConfigError(
+                "item-features is not built for sasrec yet (its item representation hook is "
+                "there, the feature parts are not): set item-features = '' for sasrec"
+            )
+        if self.model == "sasrec" and self.cohort_size > 1:
+            raise ConfigError(
+                "cohort-size > 1 runs the NCF family only (client/cohort.py trains user rows): "
+                "set cohort-size = 1 for sasrec"
             )
 
     def _validate_privacy(self) -> None:
@@ -424,6 +464,7 @@ _AT_LEAST_ONE = (
     *("local_epochs", "batch_size", "centralized_epochs", "centralized_batch_size"),
     *("dp_planned_participations", "audit_canary_items"),
     "cohort_size",
+    *("sequence_length", "attention_blocks", "attention_heads"),
     *("secagg_num_shares", "secagg_reconstruction_threshold", "secagg_max_cohort"),
 )
 _NON_NEGATIVE = (

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-MODELS = ("gmf", "mlp", "neumf", "mf")
+MODELS = ("gmf", "mlp", "neumf", "mf", "sasrec")  # sasrec: shared/sequence_model.py
 PRIVATE_PREFIX = "user_"
 _INIT_STD = 0.01  # as in the NCF reference implementation
 
@@ -195,6 +195,7 @@ def build_model(
     mlp_layers: Sequence[int] = (64, 32, 16),
     seed: int | None = None,
     item_features: np.ndarray | None = None,
+    sequence: Mapping[str, float] | None = None,
 ) -> Recommender:
     """Build a model; with ``seed`` the initial weights are reproducible.
 
@@ -207,6 +208,12 @@ def build_model(
         raise ValueError(f"mlp-layers must start with an even width, got {list(mlp_layers)}")
     if seed is not None:
         torch.manual_seed(seed)
+    if (
+        name == "sasrec"
+    ):  # sequence: max_length, blocks, heads, dropout (RunConfig.sequence_options)
+        from shared.sequence_model import SASRec  # imports this module: import it late
+
+        return SASRec(num_users, num_items, dim, **(sequence or {}))
     if name == "mf":
         return MF(num_users, num_items, dim, item_features)
     if name == "gmf":

@@ -16,6 +16,8 @@ from shared.baselines import POPULARITY, RANDOM, record_data_summary
 from shared.config import RunConfig
 from shared.models import build_model, global_arrays, global_names
 from shared.rundir import RunDirectory
+from shared.sequence_model import SASRec
+from shared.sequence_training import pooled_examples, train_sequence_epoch
 from shared.split import split_for, training_examples
 from shared.streams import centralized_shuffle_rng, train_negatives_rng
 from shared.training import evaluate_users, make_optimizer, train_epoch
@@ -32,6 +34,7 @@ def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) ->
         mlp_layers=config.layers,
         seed=config.seed,
         item_features=config.item_feature_matrix(split.num_items),
+        sequence=config.sequence_options,
     )
     optimizer = make_optimizer(
         config.optimizer, model.parameters(), config.centralized_learning_rate
@@ -44,29 +47,15 @@ def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) ->
     summary = record_data_summary(config, run_dir.path, echo)
     users_data = [split.user_data(u) for u in range(split.num_users)]
     started = time.monotonic()
+    if isinstance(model, SASRec):
+        for user, data in enumerate(users_data):
+            model.set_sequence(user, data.train_items)
     for epoch in range(1, config.centralized_epochs + 1):
         epoch_started = time.monotonic()
-        users, items, labels = [], [], []
-        for user, data in enumerate(users_data):
-            # Same per-user negative stream as the user's device would draw in round `epoch`.
-            user_items, user_labels = training_examples(
-                data.train_items,
-                split.num_items,
-                config.train_negatives,
-                train_negatives_rng(config.seed, user, server_round=epoch),
-            )
-            users.append(np.full(len(user_items), user))
-            items.append(user_items)
-            labels.append(user_labels)
-        loss = train_epoch(
-            model,
-            optimizer,
-            np.concatenate(users),
-            np.concatenate(items),
-            np.concatenate(labels),
-            config.centralized_batch_size,
-            centralized_shuffle_rng(config.seed, epoch),
-        )
+        if isinstance(model, SASRec):
+            loss = _sequence_epoch(config, model, optimizer, users_data, epoch)
+        else:
+            loss = _pointwise_epoch(config, model, optimizer, users_data, epoch)
         record: dict[str, float | int] = {"epoch": epoch, "train_loss": loss}
         if epoch % config.eval_every == 0 or epoch == config.centralized_epochs:
             record.update(evaluate_users(model, range(split.num_users), users_data))
@@ -92,3 +81,48 @@ def progress(record: dict, total: int) -> str:
             f" (full {record[FULL_HR10]:.4f}/{record[FULL_NDCG10]:.4f})"
         )
     return line + f" | {record['epoch_seconds']:.1f}s"
+
+
+def _pointwise_epoch(config: RunConfig, model, optimizer, users_data, epoch: int) -> float:
+    """NCF: (user, item, label) rows, the positives plus ``train-negatives`` fresh negatives."""
+    split_items = users_data[0].num_items
+    users, items, labels = [], [], []
+    for user, data in enumerate(users_data):
+        # Same per-user negative stream as the user's device would draw in round `epoch`.
+        user_items, user_labels = training_examples(
+            data.train_items,
+            split_items,
+            config.train_negatives,
+            train_negatives_rng(config.seed, user, server_round=epoch),
+        )
+        users.append(np.full(len(user_items), user))
+        items.append(user_items)
+        labels.append(user_labels)
+    return train_epoch(
+        model,
+        optimizer,
+        np.concatenate(users),
+        np.concatenate(items),
+        np.concatenate(labels),
+        config.centralized_batch_size,
+        centralized_shuffle_rng(config.seed, epoch),
+    )
+
+
+def _sequence_epoch(config: RunConfig, model: SASRec, optimizer, users_data, epoch: int) -> float:
+    """SASRec: every user's next-item windows, negatives from the user's own stream for `epoch`."""
+    inputs, positives, negatives = pooled_examples(
+        [d.train_items for d in users_data],
+        users_data[0].num_items,
+        model.max_length,
+        [train_negatives_rng(config.seed, u, server_round=epoch) for u in range(len(users_data))],
+    )
+    return train_sequence_epoch(
+        model,
+        optimizer,
+        inputs,
+        positives,
+        negatives,
+        config.centralized_batch_size,
+        centralized_shuffle_rng(config.seed, epoch),
+    )
