@@ -25,6 +25,7 @@ LEDGER_FILE = "privacy_ledger.jsonl"
 MODEL_FILE = "global_model.npz"
 PLOT_FILE = "metrics.png"
 CHECKPOINT_FILE = "checkpoint.npz"  # the server's state after the last complete round
+BEYOND_ACCURACY_FILE = "beyond_accuracy.json"  # centralized: coverage, novelty, diversity, Gini
 DEVICES_DIR = "devices"  # simulated devices' own state (simulations only)
 
 

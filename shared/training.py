@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.beyond_accuracy import beyond_accuracy, item_shares, top_k_unseen
 from shared.metrics import full_ranking_metrics, sampled_metrics, shared_score_metrics
 from shared.models import Recommender
 from shared.split import LeaveOneOut, UserData
@@ -103,3 +104,31 @@ def evaluate_shared_scores(split: LeaveOneOut, scores: np.ndarray, k: int = 10) 
         k,
     )
     return {key: float(np.mean(m)) for key, m in zip(EVAL_METRICS, metrics, strict=True)}
+
+
+@torch.no_grad()
+def top_lists(model: Recommender, split: LeaveOneOut, k: int = 10) -> np.ndarray:
+    """Every user's top ``k`` over the items they did not train on (``full_hr10``'s candidates)."""
+    model.eval()
+    return np.stack(
+        [
+            top_k_unseen(model.score_all_items(u).numpy(), split.user_train_items(u), k)
+            for u in range(split.num_users)
+        ]
+    )
+
+
+def popularity_lists(split: LeaveOneOut, k: int = 10) -> np.ndarray:
+    """The popularity ranking's top ``k`` for every user, over the same candidates."""
+    scores = popularity_scores(split)
+    return np.stack(
+        [top_k_unseen(scores, split.user_train_items(u), k) for u in range(split.num_users)]
+    )
+
+
+def beyond_accuracy_of(
+    lists: np.ndarray, split: LeaveOneOut, vectors: np.ndarray | None
+) -> dict[str, float | None]:
+    """Coverage, novelty, diversity and exposure Gini of ``lists`` on ``split``."""
+    shares = item_shares(split.train_indptr, split.train_items, split.num_items)
+    return beyond_accuracy(lists, split.num_items, shares, split.num_users, vectors)

@@ -7,20 +7,31 @@ are in the log and in the run directory's ``data.json``).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from shared.baselines import POPULARITY, RANDOM, record_data_summary
+from shared.beyond_accuracy import COVERAGE10, DIVERSITY10, EXPOSURE_GINI10, NOVELTY10
 from shared.config import RunConfig
+from shared.item_vectors import item_vectors
 from shared.models import build_model, global_arrays, global_names
+from shared.records import BEYOND_ACCURACY_FILE
 from shared.rundir import RunDirectory
 from shared.sequence_model import SASRec
 from shared.sequence_training import pooled_examples, train_sequence_epoch
 from shared.split import split_for, training_examples
 from shared.streams import centralized_shuffle_rng, train_negatives_rng
-from shared.training import evaluate_users, make_optimizer, train_epoch
+from shared.training import (
+    beyond_accuracy_of,
+    evaluate_users,
+    make_optimizer,
+    popularity_lists,
+    top_lists,
+    train_epoch,
+)
 from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 
@@ -64,6 +75,7 @@ def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) ->
         run_dir.log(record)
         echo(progress(record, config.centralized_epochs))
     run_dir.save_model(global_names(model), global_arrays(model))
+    _beyond_accuracy(model, split, run_dir, echo)
     run_dir.plot()
     last = next(r for r in reversed(run_dir.records()) if HR10 in r)
     echo(
@@ -71,6 +83,26 @@ def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) ->
         f"{summary.baselines[POPULARITY][HR10]:.4f}, random {summary.baselines[RANDOM][HR10]:.4f}"
     )
     return run_dir
+
+
+def _beyond_accuracy(model, split, run_dir: RunDirectory, echo: Callable[[str], object]) -> None:
+    """The final model's and the popularity ranking's top-10 lists: coverage, novelty, diversity
+    and exposure Gini (shared/beyond_accuracy.py), both with the model's item vectors for
+    diversity, into ``beyond_accuracy.json`` and the log."""
+    vectors = item_vectors(model, split.num_items)
+    figures = {
+        "model": beyond_accuracy_of(top_lists(model, split), split, vectors),
+        POPULARITY: beyond_accuracy_of(popularity_lists(split), split, vectors),
+        "diversity_vectors": "the final model's item tables (shared/item_vectors.py), for both",
+    }
+    (run_dir.path / BEYOND_ACCURACY_FILE).write_text(json.dumps(figures, indent=2) + "\n")
+    for name in ("model", POPULARITY):
+        row = figures[name]
+        echo(
+            f"[confide] {name}: coverage@10 {row[COVERAGE10]:.3f} novelty@10 "
+            f"{row[NOVELTY10]:.2f} bits diversity@10 {row[DIVERSITY10]:.3f} "
+            f"exposure Gini@10 {row[EXPOSURE_GINI10]:.3f}"
+        )
 
 
 def progress(record: dict, total: int) -> str:

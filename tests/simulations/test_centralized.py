@@ -36,3 +36,27 @@ def test_cli_reports_config_errors(capsys):
     assert "model must be one of" in capsys.readouterr().err
     assert main(["simulate", "--set", "num-rounds=3"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_centralized_reports_beyond_accuracy_for_the_model_and_popularity(tmp_path):
+    from shared.beyond_accuracy import BEYOND_ACCURACY, coverage, exposure_gini
+    from shared.split import split_for
+    from shared.training import popularity_lists
+
+    config = learnable_config(tmp_path / "run")
+    run_dir = run_centralized(config, echo=lambda _: None)
+    figures = json.loads((run_dir.path / "beyond_accuracy.json").read_text())
+    split = split_for(config)
+    lists = popularity_lists(split)
+    assert lists.shape == (split.num_users, 10)
+    for user in (0, 7):  # never an item the user trained on
+        assert not set(lists[user]) & set(split.user_train_items(user).tolist())
+    popularity = figures["popularity"]
+    assert popularity["coverage10"] == coverage(lists, split.num_items)
+    assert popularity["exposure_gini10"] == exposure_gini(lists, split.num_items)
+    for row in (figures["model"], popularity):
+        assert set(BEYOND_ACCURACY) <= set(row)
+        assert 0 < row["coverage10"] <= 1 and 0 <= row["exposure_gini10"] < 1
+        assert row["novelty10"] > 0 and 0 < row["diversity10"] <= 2
+    # one shared ranking shows few items: it covers less of the catalogue than a personal model
+    assert popularity["coverage10"] < figures["model"]["coverage10"]
