@@ -55,6 +55,11 @@ ARRAY_MUTATION = st.one_of(
 )
 
 
+def _fits(value: float, dtype: np.dtype) -> bool:
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    return info is None or info.min <= value <= info.max
+
+
 def mutate(arrays: list[np.ndarray], mutation: tuple) -> list[np.ndarray]:
     arrays = [a.copy() for a in arrays]
     kind, index = mutation[0], mutation[1] % (len(arrays) or 1)
@@ -76,8 +81,10 @@ def mutate(arrays: list[np.ndarray], mutation: tuple) -> list[np.ndarray]:
         flat = arrays[index].reshape(-1)
         if flat.size:
             value = mutation[3]
-            if not np.issubdtype(flat.dtype, np.inexact) and not np.isfinite(value):
-                # an integer array cannot hold NaN/Inf (NumPy raises): make the array float
+            integer = not np.issubdtype(flat.dtype, np.inexact)
+            if integer and (not np.isfinite(value) or not _fits(value, flat.dtype)):
+                # an integer array cannot hold NaN/Inf or a value past its range (NumPy
+                # raises): make the array float
                 flat = arrays[index] = flat.astype(np.float64).reshape(arrays[index].shape)
                 flat = flat.reshape(-1)
             with np.errstate(over="ignore", invalid="ignore"):
