@@ -69,14 +69,15 @@ def mutate(arrays: list[np.ndarray], mutation: tuple) -> list[np.ndarray]:
         arrays[index] = arrays[index].astype(mutation[2])
     elif kind == "shape":
         a, choice = arrays[index], mutation[2]
+        flat = a.reshape(-1)  # a 0-d array (after an earlier mutation) cannot be sliced
         arrays[index] = [
-            a.reshape(-1),
-            a[:-1],
-            np.concatenate([a, a[:1]]),
-            np.asarray(a.flat[0]),
-            a.T,
-            a[None],
-        ][choice]
+            lambda: flat,
+            lambda: a[:-1] if a.ndim else flat[:0],
+            lambda: np.concatenate([flat, flat[:1]]) if a.ndim <= 1 else np.concatenate([a, a[:1]]),
+            lambda: np.asarray(a.flat[0]),
+            lambda: a.T,
+            lambda: a[None],
+        ][choice]()
     elif kind == "value":
         flat = arrays[index].reshape(-1)
         if flat.size:
