@@ -250,15 +250,6 @@ def item_features_for(config: RunConfig) -> np.ndarray:
     ).matrix
 
 
-def item_features_summary(config: RunConfig) -> dict[str, object] | None:
-    """What data.json records of the features used (None: no features)."""
-    if not config.item_features:
-        return None
-    return _cached_features(
-        DataSource.of(config), config.eval_negatives, config.item_features
-    ).describe()
-
-
 def catalog_size(config: RunConfig) -> int:
     """Number of items in the catalogue (public: the item list, not anyone's interactions).
 
