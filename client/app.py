@@ -68,11 +68,11 @@ class DeviceClient(NumPyClient):
 
     def evaluate(self, parameters, config):
         state = self.state_at(int(config[SERVER_ROUND]) + 1)  # after this round's fit
-        loss, metrics = training_round.evaluate(
+        evaluation = training_round.evaluate(
             self.run_config, self.data, self.user_id, parameters, state.private_embedding()
         )
         self.state.save_model(parameters)  # the latest global model, for recommending
-        return shape_evaluate_reply(loss, metrics)
+        return shape_evaluate_reply(evaluation, self.policy.share_top_list)
 
 
 def client_fn(context: Context):

@@ -25,6 +25,12 @@ the devices add themselves, so every device refuses a round whose instructions a
 and a server that then asked for none would hold the exact sum. A device with its own ε cap
 names it in the refusal.
 
+What a device says in federated evaluation is its owner's choice too. Every evaluated device
+sends its held-out item's HR/NDCG@10 and its list's diversity (numbers about one held-out item
+and one list); its top-10 list itself, which the server needs for catalogue coverage, exposure
+Gini and novelty, reveals the user's recommendations and is sent only with ``share-top-list =
+true`` (the default in simulations, where the devices are the run's own; off when deployed).
+
 Plain Python: no Flower, no torch.
 """
 
@@ -40,6 +46,7 @@ from shared.privacy import PrivacyHistory
 EPSILON_CAP = "device-epsilon-cap"
 DELTA = "device-delta"
 DEFAULT_DELTA = 1e-5
+SHARE_TOP_LIST = "share-top-list"
 TEST_FAULT = "test-secagg-fault"  # the run config key of the test-only fault hook
 
 
@@ -52,6 +59,7 @@ class DevicePolicy:
     epsilon_cap: float = 0.0  # 0: no limit of the device's own
     delta: float = DEFAULT_DELTA
     deployed: bool = False  # refuse the settings meant for simulations only (see above)
+    share_top_list: bool = True  # send the top-10 list in evaluation replies (see above)
 
     @classmethod
     def from_node_config(
@@ -65,7 +73,13 @@ class DevicePolicy:
             raise ValueError(f"node config {DELTA} must be in (0, 1), e.g. 1e-5; got {delta}")
         if DELTA in node_config and not cap:
             raise ValueError(f"node config sets {DELTA} without {EPSILON_CAP}: set both")
-        return cls(epsilon_cap=cap, delta=delta, deployed=deployed)
+        share = node_config.get(SHARE_TOP_LIST, not deployed)
+        if not isinstance(share, bool):
+            raise ValueError(
+                f"node config {SHARE_TOP_LIST} must be true or false (e.g. {SHARE_TOP_LIST}=false)"
+                f", got {share!r}"
+            )
+        return cls(epsilon_cap=cap, delta=delta, deployed=deployed, share_top_list=share)
 
     def check_run(self, config: RunConfig) -> None:
         """Refuse, before touching any data, a run whose ε would not hold or not exist."""

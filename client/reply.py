@@ -16,9 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from client.training_round import TrainResult
+import numpy as np
+
+from client.training_round import Evaluation, TrainResult
 from shared.config import RunConfig
 from shared.wire import (
+    DIVERSITY10,
     DP_EPSILON,
     DP_NOISE_MULTIPLIER,
     DP_STATUS,
@@ -27,6 +30,7 @@ from shared.wire import (
     LOSS,
     NOISE_CLAMPED,
     SECAGG_CLIPPED,
+    TOP10,
     TRAINED,
 )
 
@@ -68,11 +72,23 @@ def shape_masked_reply(
 
 
 def shape_evaluate_reply(
-    loss: float, metrics: Mapping[str, float]
-) -> tuple[float, int, dict[str, float]]:
+    evaluation: Evaluation, share_top_list: bool
+) -> tuple[float, int, dict[str, float | str]]:
     """(loss, weight, metrics) of an evaluate reply: each device counts once in the mean.
 
     Sent in plaintext under every setting and not counted in the device's ε: the loss and
-    HR/NDCG@10 of its held-out item, the measurement the run exists to make.
+    HR/NDCG@10 of its held-out item, the measurement the run exists to make, and the diversity
+    of its own top-10 list (from the public item tables). The list itself only when the device
+    shares it (its policy, :mod:`client.policy`): it reveals the user's recommendations.
     """
-    return loss, 1, {name: metrics[name] for name in EVAL_METRICS}
+    metrics: dict[str, float | str] = {name: evaluation.metrics[name] for name in EVAL_METRICS}
+    if DIVERSITY10 in evaluation.metrics:
+        metrics[DIVERSITY10] = evaluation.metrics[DIVERSITY10]
+    if share_top_list:
+        metrics[TOP10] = encode_top_list(evaluation.top)
+    return evaluation.loss, 1, metrics
+
+
+def encode_top_list(top: np.ndarray) -> str:
+    """The list as Flower metrics can carry it: item ids, best first, comma-separated."""
+    return ",".join(str(int(i)) for i in top)

@@ -17,7 +17,9 @@ import torch
 
 from client.dp import plan_round, train_private
 from client.policy import DevicePolicy
+from shared.beyond_accuracy import intra_list_diversity
 from shared.config import RunConfig
+from shared.item_vectors import item_tables, item_vectors
 from shared.models import (
     Recommender,
     global_arrays,
@@ -37,8 +39,8 @@ from shared.streams import (
     train_negatives_rng,
     user_embedding_seed,
 )
-from shared.training import evaluate_user, evaluation_loss, make_optimizer, train_epoch
-from shared.wire import BUDGET_EXHAUSTED, TRAINED
+from shared.training import evaluate_user_ranking, evaluation_loss, make_optimizer, train_epoch
+from shared.wire import BUDGET_EXHAUSTED, DIVERSITY10, TRAINED
 
 LOCAL_USER = 0  # the device's own row in its one-user model
 NO_HISTORY = PrivacyHistory()
@@ -171,24 +173,41 @@ def _train_dp(
     )
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything one evaluation computed; what of it may leave the device is decided in
+    :func:`client.reply.shape_evaluate_reply`."""
+
+    loss: float
+    metrics: dict[str, float]  # HR/NDCG@10 sampled and full, and diversity10 where it exists
+    top: np.ndarray  # the device's top 10 over the items it did not train on, best first
+
+
 def evaluate(
     config: RunConfig,
     data: UserData,
     user_id: int,
     global_params: Sequence[np.ndarray],
     private: Mapping[str, np.ndarray] | None,
-) -> tuple[float, dict[str, float]]:
-    """(loss, HR/NDCG@10 sampled and full ranking) of the device's held-out item.
+) -> Evaluation:
+    """Loss, HR/NDCG@10 (sampled and full ranking) of the device's held-out item, and its top 10.
 
     With ``personalize-epochs`` the device first re-fits its private embedding to the current
     global model on its own training data, as it would before recommending: an embedding last
     trained many rounds ago no longer matches the global towers. The re-fit is not kept.
+    The list's diversity is computed here, from the global model's item tables (public), so
+    that a device that keeps its list to itself can still send it.
     """
     model = device_model(config, data.num_items, user_id, global_params, private, data.train_items)
     if config.personalize_epochs:
         personalize(config, model, data, user_id)
     with torch.no_grad():
-        return evaluation_loss(model, LOCAL_USER, data), evaluate_user(model, LOCAL_USER, data)
+        loss = evaluation_loss(model, LOCAL_USER, data)
+        metrics, top = evaluate_user_ranking(model, LOCAL_USER, data)
+    if item_tables(model, data.num_items):
+        vectors = item_vectors(model, data.num_items)
+        metrics[DIVERSITY10] = intra_list_diversity(top[None], vectors)
+    return Evaluation(loss=loss, metrics=metrics, top=top)
 
 
 def personalize(config: RunConfig, model: Recommender, data: UserData, user_id: int) -> None:

@@ -17,6 +17,7 @@ from flwr.server.workflow import DefaultWorkflow
 
 from server.checkpoint import Checkpoint, Checkpointer, load_for_resume
 from server.deadline import TimedGrid
+from server.evaluation import Catalogue, write_beyond_accuracy
 from server.optimizers import ModelState
 from server.pipeline import Pipeline
 from server.sampling import CountSampler, PoissonSampler, Sampler
@@ -40,11 +41,12 @@ from server.user_dp import UserDPState
 from server.validation import ReplyValidator
 from shared.baselines import record_data_summary
 from shared.config import RunConfig
-from shared.models import global_arrays, global_names
+from shared.item_vectors import item_vectors
+from shared.models import global_arrays, global_names, load_global
 from shared.records import CHECKPOINT_FILE
 from shared.rundir import RunDirectory
 from shared.secagg import plan_device_noise
-from shared.split import catalog_size
+from shared.split import catalog_size, split_for
 
 app = ServerApp()
 
@@ -130,6 +132,10 @@ def main(grid: Grid, context: Context) -> None:
         if not config.num_items:  # a simulation has the pooled split (a deployment has none)
             record_data_summary(config, run_dir.path, lambda line: log(INFO, "%s", line))
 
+    # A simulation's server has the pooled split (a deployment has none): it knows how many users
+    # hold each item, for the top-10 lists' novelty, and can rank by popularity beside the model.
+    split = None if config.num_items else split_for(config)
+    catalogue = Catalogue.of_split(split) if split else Catalogue(catalog_size(config))
     # The server never sees user rows: it builds a one-user model and keeps only the global part.
     model = config.build_model(catalog_size(config))
     names, arrays = global_names(model), global_arrays(model)
@@ -138,7 +144,9 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is not None:
         pipeline.find(Checkpointer).restore(checkpoint)
         done = checkpoint.round
-    strategy = ConfideStrategy(config, sampler, pipeline, state, rounds_done=done)
+    strategy = ConfideStrategy(
+        config, sampler, pipeline, state, rounds_done=done, catalogue=catalogue
+    )
     if checkpoint is not None:
         strategy.started -= checkpoint.elapsed_seconds  # elapsed time continues too
     legacy = LegacyContext(
@@ -157,5 +165,8 @@ def main(grid: Grid, context: Context) -> None:
     DefaultWorkflow(fit_workflow=fit_workflow)(TimedGrid(grid, config.round_timeout), legacy)
 
     run_dir.save_model(names, state.arrays)  # the server optimizer's model: the only copy
+    if split is not None:
+        load_global(model, state.arrays)
+        write_beyond_accuracy(run_dir.path, split, item_vectors(model, split.num_items))
     run_dir.plot()
     log(INFO, "[confide] finished: model, metrics and plot in %s", run_dir.path)

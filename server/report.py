@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from server.report_page import fmt, page, plot, table
+from shared.baselines import POPULARITY
+from shared.beyond_accuracy import BEYOND_ACCURACY
+from shared.data.summary import DATA_SUMMARY_FILE
 from shared.records import (
+    BEYOND_ACCURACY_FILE,
     CONFIG_FILE,
     InteractionLevel,
     LedgerEntry,
@@ -309,10 +313,40 @@ def _summarize(run_dir: Path, config: dict, metrics: list[RoundRecord], ledger: 
         "interaction_level": interaction,
         "user_level": user,
         "utility": {"round": evals[-1].round if evals else None}
-        | {k: evals[-1].metric(k) if evals else None for k in EVAL_METRICS},
+        | {k: evals[-1].metric(k) if evals else None for k in EVAL_METRICS + BEYOND_ACCURACY}
+        | {POPULARITY: popularity_figures(run_dir)},
         "library_versions": versions,
         "caveats": caveats,
     }
+
+
+def popularity_figures(run_dir: Path) -> dict[str, float] | None:
+    """The popularity ranking's figures on the run's split, the line beside the model's:
+    accuracy, coverage, novelty and Gini from ``data.json``, diversity (which needs a model's
+    item space) from ``beyond_accuracy.json``; None for a run without the pooled data."""
+    figures: dict[str, float] = {}
+    for name, pick in ((DATA_SUMMARY_FILE, _baseline), (BEYOND_ACCURACY_FILE, _popularity)):
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        try:
+            found = pick(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from err
+        wanted = EVAL_METRICS + BEYOND_ACCURACY
+        figures |= {k: v for k, v in found.items() if k in wanted and isinstance(v, int | float)}
+    return figures or None
+
+
+def _baseline(summary: Any) -> dict[str, Any]:
+    baselines = summary.get("baselines") if isinstance(summary, dict) else None
+    found = baselines.get(POPULARITY) if isinstance(baselines, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _popularity(figures: Any) -> dict[str, Any]:
+    found = figures.get(POPULARITY) if isinstance(figures, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:

@@ -10,8 +10,9 @@ import html
 import io
 from typing import Any
 
+from shared.beyond_accuracy import COVERAGE10, EXPOSURE_GINI10, NOVELTY10
 from shared.records import InteractionLevel, UserLevel
-from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
+from shared.wire import DIVERSITY10, FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 Series = list[tuple[int, Any]]  # (round, the unit's ledger record) on the rounds it was on
 
@@ -181,8 +182,34 @@ def page(report: dict[str, Any], png: bytes) -> str:
             f"<h2>Utility reached (round {util['round']})</h2><table><tr><th>metric</th>"
             f"<th>sampled (1 + 99 negatives)</th><th>full ranking</th></tr>{cells}</table>"
         )
+        out.append(beyond_accuracy_table(util))
     versions = ", ".join(f"{k} {v}" for k, v in report["library_versions"].items())
     out.append(
         f"<p class='meta'>Library versions: {e(versions or 'not recorded')}</p></body></html>\n"
     )
     return "\n".join(out)
+
+
+BEYOND_ROWS = (
+    ("HR@10 (sampled)", HR10),
+    ("Catalogue coverage of the top-10 lists", COVERAGE10),
+    ("Novelty (mean self-information, bits)", NOVELTY10),
+    ("Intra-list diversity (1 − cos, final model's item tables)", DIVERSITY10),
+    ("Exposure Gini (0 even, 1 all on few items)", EXPOSURE_GINI10),
+)
+
+
+def beyond_accuracy_table(util: dict[str, Any]) -> str:
+    """The top-10 lists' figures, the model's beside the popularity ranking's (— where the run
+    has none: a deployment has no pooled data for novelty or the popularity ranking)."""
+    e = html.escape
+    popularity = util.get("popularity") or {}
+    cells = "".join(
+        f"<tr><td>{e(name)}</td><td>{fmt(util.get(key))}</td><td>{fmt(popularity.get(key))}</td>"
+        "</tr>"
+        for name, key in BEYOND_ROWS
+    )
+    return (
+        "<h2>Beyond accuracy (top-10 lists over unseen items)</h2><table><tr><th>figure</th>"
+        f"<th>model</th><th>popularity ranking</th></tr>{cells}</table>"
+    )

@@ -25,7 +25,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from server.evaluation import summarize_evaluation
+from server.evaluation import Catalogue, summarize_evaluation
 from server.optimizers import ModelState
 from server.pipeline import Pipeline
 from server.provenance import model_digest
@@ -49,12 +49,14 @@ class ConfideStrategy(Strategy):
         pipeline: Pipeline,
         model: ModelState,
         rounds_done: int = 0,
+        catalogue: Catalogue | None = None,
     ) -> None:
         self.config = config
         self.sampler = sampler
         self.pipeline = pipeline
         self.model = model  # the server optimizer's, read here to send it
         self.rounds_done = rounds_done
+        self.catalogue = catalogue  # for the top-10 lists' coverage, Gini and novelty
         self.started = time.monotonic()
         self.round: RoundState | None = None  # the round in progress
 
@@ -131,7 +133,9 @@ class ConfideStrategy(Strategy):
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
         server_round = self.run_round(server_round)
-        loss, metrics, fields = summarize_evaluation(server_round, results, failures)
+        loss, metrics, fields = summarize_evaluation(
+            server_round, results, failures, self.catalogue
+        )
         if self.round is not None:
             self.round.note(**fields)
         self._finish_round()

@@ -14,12 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from shared.data.summary import DataSummary, write_data_summary
 from shared.dp_popularity import dp_popularity_scores
 from shared.metrics import random_hit_ratio
 from shared.split import LeaveOneOut, data_summary_for, split_for
 from shared.streams import Stream, generator, secret_seed
-from shared.training import evaluate_popularity, evaluate_shared_scores
+from shared.training import (
+    beyond_accuracy_of,
+    evaluate_popularity,
+    evaluate_shared_scores,
+    popularity_lists,
+)
 from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 if TYPE_CHECKING:
@@ -57,12 +64,23 @@ def dp_popularity_baseline(
     }
 
 
+def popularity_beyond_accuracy(
+    split: LeaveOneOut, vectors: np.ndarray | None = None
+) -> dict[str, float]:
+    """Coverage, novelty and exposure Gini of the popularity ranking's top-10 lists, and their
+    diversity when item vectors are given (they come from a model: diversity is measured in
+    that model's item space, so it is recorded beside that model's own, not in data.json)."""
+    figures = beyond_accuracy_of(popularity_lists(split), split, vectors)
+    return {k: v for k, v in figures.items() if v is not None}
+
+
 def data_summary_with_baselines(config: RunConfig) -> DataSummary:
     """The run's data summary with the popularity and random rankings' metrics on its split."""
     split = split_for(config)
+    popularity = evaluate_popularity(split) | popularity_beyond_accuracy(split)
     summary = (
         data_summary_for(config)
-        .with_baseline(POPULARITY, evaluate_popularity(split))
+        .with_baseline(POPULARITY, popularity)
         .with_baseline(RANDOM, {HR10: random_hit_ratio(config.eval_negatives)})
     )
     for unit, target, delta in dp_targets(config):

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.wire import DIVERSITY10
+
 COVERAGE10 = "coverage10"
 NOVELTY10 = "novelty10"
-DIVERSITY10 = "diversity10"
 EXPOSURE_GINI10 = "exposure_gini10"
 BEYOND_ACCURACY = (COVERAGE10, NOVELTY10, DIVERSITY10, EXPOSURE_GINI10)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from shared.beyond_accuracy import BEYOND_ACCURACY
 from shared.wire import EVAL_METRICS
 
 CONFIG_FILE = "config.json"
@@ -25,7 +26,7 @@ LEDGER_FILE = "privacy_ledger.jsonl"
 MODEL_FILE = "global_model.npz"
 PLOT_FILE = "metrics.png"
 CHECKPOINT_FILE = "checkpoint.npz"  # the server's state after the last complete round
-BEYOND_ACCURACY_FILE = "beyond_accuracy.json"  # centralized: coverage, novelty, diversity, Gini
+BEYOND_ACCURACY_FILE = "beyond_accuracy.json"  # the final lists' coverage, novelty, diversity, Gini
 DEVICES_DIR = "devices"  # simulated devices' own state (simulations only)
 
 
@@ -109,6 +110,11 @@ class RoundRecord:
     ndcg10: float | None = None
     full_hr10: float | None = None
     full_ndcg10: float | None = None
+    # Beyond accuracy of the evaluated devices' top-10 lists (server/evaluation.py)
+    coverage10: float | None = None
+    novelty10: float | None = None
+    diversity10: float | None = None
+    exposure_gini10: float | None = None
     eval_loss: float | None = None
     round_seconds: float | None = None
     elapsed_seconds: float | None = None
@@ -119,9 +125,11 @@ class RoundRecord:
         return self.hr10 is not None
 
     def metric(self, name: str) -> float | None:
-        """An evaluation metric by its wire name (:data:`shared.wire.EVAL_METRICS`)."""
-        if name not in EVAL_METRICS:
-            raise KeyError(f"{name!r} is not an evaluation metric: one of {EVAL_METRICS}")
+        """An evaluation metric by its wire name (:data:`shared.wire.EVAL_METRICS`, or one of
+        :data:`shared.beyond_accuracy.BEYOND_ACCURACY`)."""
+        if name not in EVAL_METRICS + BEYOND_ACCURACY:
+            known = EVAL_METRICS + BEYOND_ACCURACY
+            raise KeyError(f"{name!r} is not an evaluation metric: one of {known}")
         return getattr(self, name)
 
     def to_json(self) -> dict[str, Any]:

@@ -53,11 +53,21 @@ def train_epoch(
 @torch.no_grad()
 def evaluate_user(model: Recommender, user: int, data: UserData, k: int = 10) -> dict[str, float]:
     """HR/NDCG@K of one user's held-out item against its negatives and against all unseen items."""
+    return evaluate_user_ranking(model, user, data, k)[0]
+
+
+@torch.no_grad()
+def evaluate_user_ranking(
+    model: Recommender, user: int, data: UserData, k: int = 10
+) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate_user`'s metrics and, from the same scores, the user's top ``k`` over the
+    items they did not train on (``full_hr10``'s candidates), best first."""
     model.eval()
     scores = model.score_all_items(user).numpy()
     hr, nd = sampled_metrics(scores[data.test_item], scores[data.eval_negatives], k)
     full_hr, full_nd = full_ranking_metrics(scores, data.test_item, data.train_items, k)
-    return {HR10: hr, NDCG10: nd, FULL_HR10: full_hr, FULL_NDCG10: full_nd}
+    metrics = {HR10: hr, NDCG10: nd, FULL_HR10: full_hr, FULL_NDCG10: full_nd}
+    return metrics, top_k_unseen(scores, data.train_items, k)
 
 
 def evaluation_loss(model: Recommender, user: int, data: UserData) -> float:

@@ -41,3 +41,12 @@ NDCG10 = "ndcg10"
 FULL_HR10 = "full_hr10"
 FULL_NDCG10 = "full_ndcg10"
 EVAL_METRICS = (HR10, NDCG10, FULL_HR10, FULL_NDCG10)
+# Beyond accuracy (shared/beyond_accuracy.py). The device's own list's mean pairwise 1 - cos of
+# its items, from the global model's public item tables: a number in [0, 2] about the list.
+DIVERSITY10 = "diversity10"
+# The device's top-10 over the items it did not train on, best first, as "i1,i2,...,i10": the
+# server turns the lists into catalogue coverage, exposure Gini and novelty. Reveals the user's
+# recommendations (their taste, given the global model) and that those items are not among
+# their training items; a deployed device sends it only if its node config opts in
+# (client/policy.py, share-top-list).
+TOP10 = "top10"

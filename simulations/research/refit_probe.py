@@ -31,7 +31,7 @@ def refit_metrics(config: RunConfig, arrays: list[np.ndarray]) -> dict[str, floa
     """Mean HR/NDCG@10 (sampled, full) over all users, each with a freshly fitted embedding."""
     split = split_for(config)
     rows = [
-        training_round.evaluate(config, split.user_data(user), user, arrays, None)[1]
+        training_round.evaluate(config, split.user_data(user), user, arrays, None).metrics
         for user in range(split.num_users)
     ]
     return {key: float(np.mean([row[key] for row in rows])) for key in EVAL_METRICS}

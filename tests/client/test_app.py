@@ -13,9 +13,11 @@ from flwr.compat.common.recorddict_compat import (
 
 from client.app import app
 from client.state import PRIVATE_RECORD
+from server.evaluation import parse_top_list
 from shared.models import build_model, global_arrays, global_names, private_names
 from shared.split import split_for
 from shared.wire import (
+    DIVERSITY10,
     DP_EPSILON,
     DP_NOISE_MULTIPLIER,
     DP_STATUS,
@@ -25,6 +27,7 @@ from shared.wire import (
     LOSS,
     NDCG10,
     SERVER_ROUND,
+    TOP10,
 )
 from tests.conftest import small_config
 
@@ -133,8 +136,13 @@ def test_evaluate_uses_stored_private_embedding():
     message = Message(content=content, dst_node_id=100 + USER, message_type="evaluate")
     res = recorddict_to_evaluateres(app(message, _context(config, state)).content)
     assert res.num_examples == 1
-    assert set(res.metrics) == set(EVAL_METRICS)
+    assert set(res.metrics) == set(EVAL_METRICS) | {DIVERSITY10, TOP10}
     assert all(v in (0.0, 1.0) for v in (res.metrics[HR10], res.metrics[FULL_HR10]))
+    # A simulated device shares its list: 10 distinct items it did not train on.
+    top = parse_top_list(res.metrics[TOP10], num_items=split_for(config).num_items).tolist()
+    train_items = split_for(config).user_train_items(USER).tolist()
+    assert len(set(top)) == 10 and not set(top) & set(train_items)
+    assert 0.0 < res.metrics[DIVERSITY10] <= 2.0
     assert 0.0 <= res.metrics[NDCG10] <= res.metrics[HR10]
     assert res.loss > 0
 

@@ -25,7 +25,7 @@ from client.state import HISTORY_RECORD, PRIVATE_RECORD
 from client.store_adapter import StoreRun, read_key_file, store_key
 from shared.models import build_model, global_arrays
 from shared.privacy import PrivacyHistory
-from shared.wire import DP_STATUS, EVAL_METRICS, LOSS, SERVER_ROUND, TRAINED
+from shared.wire import DIVERSITY10, DP_STATUS, EVAL_METRICS, LOSS, SERVER_ROUND, TRAINED
 from tests.client.test_app import task_identity  # noqa: F401  (fixture: act as a task)
 from tests.conftest import small_config
 
@@ -212,7 +212,8 @@ def test_deployed_client_app_trains_from_the_store_and_keeps_state_there(tmp_pat
         EvaluateIns(ndarrays_to_parameters(final), {SERVER_ROUND: 2}), True
     )
     res = recorddict_to_evaluateres(_send(config, node_config, state, "evaluate", ins))
-    assert set(res.metrics) == set(EVAL_METRICS)
+    # Its own list's diversity, but not the list: its node config did not opt in to share it.
+    assert set(res.metrics) == set(EVAL_METRICS) | {DIVERSITY10}
     with Device.open(store, key) as device:  # the last model sent is what the device ranks with
         assert all(np.array_equal(a, b) for a, b in zip(device.global_model(), final, strict=True))
         assert len(device.recommend(5)) == 5

@@ -19,6 +19,16 @@ def test_policy_from_node_config():
     assert got == DevicePolicy(4.0, 1e-6)
 
 
+def test_a_deployed_device_keeps_its_top_list_unless_its_owner_opts_in():
+    assert DevicePolicy.from_node_config({"partition-id": 3}).share_top_list
+    deployed = DevicePolicy.from_node_config({"store-path": "/x"}, deployed=True)
+    assert not deployed.share_top_list
+    opted = DevicePolicy.from_node_config({"share-top-list": True}, deployed=True)
+    assert opted.share_top_list
+    with pytest.raises(ValueError, match="share-top-list must be true or false"):
+        DevicePolicy.from_node_config({"share-top-list": "yes"}, deployed=True)
+
+
 @pytest.mark.parametrize(
     ("node_config", "message"),
     [

@@ -1,17 +1,21 @@
 """What a reply may reveal, as a table: each row fails if one rule of client.reply is wrong."""
 
+import numpy as np
 import pytest
 
 from client.reply import shape_evaluate_reply, shape_fit_reply, shape_masked_reply
-from client.training_round import TrainResult
+from client.training_round import Evaluation, TrainResult
+from server.evaluation import parse_top_list
 from shared.wire import (
     BUDGET_EXHAUSTED,
+    DIVERSITY10,
     DP_EPSILON,
     DP_NOISE_MULTIPLIER,
     DP_STATUS,
     EVAL_METRICS,
     LOSS,
     SECAGG_CLIPPED,
+    TOP10,
     TRAINED,
 )
 from tests.conftest import small_config
@@ -76,4 +80,20 @@ def test_masked_reply_weighs_one_and_adds_the_quantizer_clip_count():
 
 def test_evaluate_reply_sends_the_ranking_metrics_only_each_device_weighing_one():
     measured = {name: 0.5 for name in EVAL_METRICS} | {"train_items": 17.0}
-    assert shape_evaluate_reply(0.7, measured) == (0.7, 1, {name: 0.5 for name in EVAL_METRICS})
+    evaluation = Evaluation(loss=0.7, metrics=measured, top=np.arange(10))
+    assert shape_evaluate_reply(evaluation, share_top_list=False) == (
+        0.7,
+        1,
+        {name: 0.5 for name in EVAL_METRICS},
+    )
+
+
+def test_evaluate_reply_adds_the_list_only_when_the_device_shares_it():
+    measured = {name: 0.5 for name in EVAL_METRICS} | {DIVERSITY10: 1.25}
+    top = np.array([7, 3, 1682, 0, 5, 9, 11, 13, 2, 4])
+    evaluation = Evaluation(loss=0.7, metrics=measured, top=top)
+    _, _, kept = shape_evaluate_reply(evaluation, share_top_list=False)
+    assert TOP10 not in kept and kept[DIVERSITY10] == 1.25
+    _, _, shared = shape_evaluate_reply(evaluation, share_top_list=True)
+    assert shared[TOP10] == "7,3,1682,0,5,9,11,13,2,4"
+    assert parse_top_list(shared[TOP10], num_items=1683).tolist() == top.tolist()

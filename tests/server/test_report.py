@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from server.report import CAVEATS, INTERACTION_UNIT, OUTPUTS, USER_UNIT, build_report, main
+from server.report import (
+    CAVEATS,
+    INTERACTION_UNIT,
+    OUTPUTS,
+    USER_UNIT,
+    ReportError,
+    build_report,
+    main,
+)
 from simulations.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,6 +136,11 @@ def test_both_units_on(both_on, capsys):
         "ndcg10": 0.2231,
         "full_hr10": 0.0512,
         "full_ndcg10": 0.0247,
+        "coverage10": None,  # rows of a run from before the lists were recorded
+        "novelty10": None,
+        "diversity10": None,
+        "exposure_gini10": None,
+        "popularity": None,  # no data.json: no pooled data, no popularity ranking
     }
     assert privacy["run"]["rounds_completed"] == 3 and privacy["run"]["fraction_fit"] == 0.1
     assert privacy["run"]["stopped"] is None and privacy["library_versions"] == VERSIONS
@@ -340,3 +353,24 @@ def test_noise_source_names_who_added_the_noise(both_on, tmp_path):
     caveats = " ".join(_report(run)[0]["caveats"])
     assert "AND a semi-honest server" in caveats and "not against the server" not in caveats
     assert "0 coordinates were clamped" in caveats
+
+
+def test_beyond_accuracy_is_reported_beside_the_popularity_ranking(tmp_path):
+    figures = {"coverage10": 0.51, "novelty10": 2.48, "diversity10": 0.66, "exposure_gini10": 0.8}
+    metrics = [{"round": 1, "eval_clients": 3, "hr10": 0.6, "ndcg10": 0.3} | figures]
+    run = make_run(tmp_path, "lists", metrics=metrics)
+    popularity = {"hr10": 0.42, "coverage10": 0.054, "novelty10": 1.19, "exposure_gini10": 0.986}
+    (run / "data.json").write_text(json.dumps({"baselines": {"popularity": popularity}}))
+    (run / "beyond_accuracy.json").write_text(json.dumps({"popularity": {"diversity10": 0.5}}))
+    privacy, page = _report(run)
+    utility = privacy["utility"]
+    assert {k: utility[k] for k in figures} == figures
+    assert utility["popularity"] == popularity | {"diversity10": 0.5}
+    assert "Beyond accuracy" in page and "0.986" in page and "0.054" in page
+
+
+def test_a_malformed_data_summary_is_named(tmp_path):
+    run = make_run(tmp_path, "bad-data")
+    (run / "data.json").write_text("{not json")
+    with pytest.raises(ReportError, match="data.json:1: malformed JSON"):
+        build_report(run)

@@ -105,8 +105,9 @@ def test_federated_round_sends_the_global_arrays_only_and_learns():
     assert all(a.shape != sequence_shape or a.dtype != np.int64 for a in result.global_arrays)
     assert any(not np.array_equal(a, b) for a, b in zip(result.global_arrays, initial, strict=True))
     assert np.isfinite(result.loss) and result.num_examples == 30
-    loss, metrics = evaluate(config, data, 4, result.global_arrays, None)
-    assert np.isfinite(loss) and 0 <= metrics[HR10] <= 1
+    evaluation = evaluate(config, data, 4, result.global_arrays, None)
+    assert np.isfinite(evaluation.loss) and 0 <= evaluation.metrics[HR10] <= 1
+    assert len(set(evaluation.top.tolist()) & set(data.train_items.tolist())) == 0
     model = device_model(config, 200, 4, result.global_arrays, None, data.train_items)
     assert model.sequence[LOCAL_USER].tolist() == data.train_items[-10:].tolist()
 

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from shared.beyond_accuracy import BEYOND_ACCURACY
 from tests.conftest import read_jsonl, run_confide
 
 
@@ -29,6 +30,15 @@ def test_two_round_simulation_on_synthetic_data(tmp_path):
         assert record["fit_rejected"] == 0 and "skipped" not in record
         assert record["eval_clients"] == 20
         assert 0.0 <= record["full_hr10"] <= record["hr10"] <= 1.0
+        # every simulated device shared its list: 20 lists of 10 over a 200-item catalogue
+        assert 10 / 200 <= record["coverage10"] <= 1.0 and 0 <= record["exposure_gini10"] < 1
+        assert record["novelty10"] > 0 and 0 < record["diversity10"] <= 2
+    beyond = json.loads((out / "beyond_accuracy.json").read_text())
+    assert beyond["model"] == {"round": 2} | {k: records[-1][k] for k in BEYOND_ACCURACY}
+    popularity = beyond["popularity"]
+    assert set(popularity) == set(BEYOND_ACCURACY) and 0 < popularity["diversity10"] <= 2
+    data = json.loads((out / "data.json").read_text())["baselines"]["popularity"]
+    assert data["coverage10"] == popularity["coverage10"]
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "global_model.npz", "metrics.png", "data.json"} <= files
     assert json.loads((out / "config.json").read_text())["synthetic-users"] == 20
