@@ -84,8 +84,16 @@ def evaluate_users(
     model: Recommender, users: Sequence[int], data: Sequence[UserData], k: int = 10
 ) -> dict[str, float]:
     """Mean metrics over users (``users[i]`` is the model's row for ``data[i]``)."""
-    rows = [evaluate_user(model, u, d, k) for u, d in zip(users, data, strict=True)]
-    return {key: float(np.mean([r[key] for r in rows])) for key in EVAL_METRICS}
+    return evaluate_users_with_lists(model, users, data, k)[0]
+
+
+def evaluate_users_with_lists(
+    model: Recommender, users: Sequence[int], data: Sequence[UserData], k: int = 10
+) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate_users` and every user's top ``k`` unseen items, from one scoring each."""
+    rows = [evaluate_user_ranking(model, u, d, k) for u, d in zip(users, data, strict=True)]
+    means = {key: float(np.mean([r[0][key] for r in rows])) for key in EVAL_METRICS}
+    return means, np.stack([r[1] for r in rows])
 
 
 def popularity_scores(split: LeaveOneOut) -> np.ndarray:
@@ -114,18 +122,6 @@ def evaluate_shared_scores(split: LeaveOneOut, scores: np.ndarray, k: int = 10) 
         k,
     )
     return {key: float(np.mean(m)) for key, m in zip(EVAL_METRICS, metrics, strict=True)}
-
-
-@torch.no_grad()
-def top_lists(model: Recommender, split: LeaveOneOut, k: int = 10) -> np.ndarray:
-    """Every user's top ``k`` over the items they did not train on (``full_hr10``'s candidates)."""
-    model.eval()
-    return np.stack(
-        [
-            top_k_unseen(model.score_all_items(u).numpy(), split.user_train_items(u), k)
-            for u in range(split.num_users)
-        ]
-    )
 
 
 def popularity_lists(split: LeaveOneOut, k: int = 10) -> np.ndarray:

@@ -13,8 +13,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shared.baselines import POPULARITY, RANDOM, record_data_summary
-from shared.beyond_accuracy import COVERAGE10, DIVERSITY10, EXPOSURE_GINI10, NOVELTY10
+from shared.baselines import POPULARITY, RANDOM, popularity_beyond_accuracy, record_data_summary
+from shared.beyond_accuracy import (
+    BEYOND_ACCURACY,
+    COVERAGE10,
+    DIVERSITY10,
+    EXPOSURE_GINI10,
+    NOVELTY10,
+)
 from shared.config import RunConfig
 from shared.item_vectors import item_vectors
 from shared.models import build_model, global_arrays, global_names
@@ -26,10 +32,8 @@ from shared.split import split_for, training_examples
 from shared.streams import centralized_shuffle_rng, train_negatives_rng
 from shared.training import (
     beyond_accuracy_of,
-    evaluate_users,
+    evaluate_users_with_lists,
     make_optimizer,
-    popularity_lists,
-    top_lists,
     train_epoch,
 )
 from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
@@ -69,7 +73,9 @@ def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) ->
             loss = _pointwise_epoch(config, model, optimizer, users_data, epoch)
         record: dict[str, float | int] = {"epoch": epoch, "train_loss": loss}
         if epoch % config.eval_every == 0 or epoch == config.centralized_epochs:
-            record.update(evaluate_users(model, range(split.num_users), users_data))
+            metrics, lists = evaluate_users_with_lists(model, range(split.num_users), users_data)
+            vectors = item_vectors(model, split.num_items)
+            record.update(metrics | beyond_accuracy_of(lists, split, vectors))
         record["epoch_seconds"] = round(time.monotonic() - epoch_started, 3)
         record["elapsed_seconds"] = round(time.monotonic() - started, 3)
         run_dir.log(record)
@@ -86,13 +92,13 @@ def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) ->
 
 
 def _beyond_accuracy(model, split, run_dir: RunDirectory, echo: Callable[[str], object]) -> None:
-    """The final model's and the popularity ranking's top-10 lists: coverage, novelty, diversity
-    and exposure Gini (shared/beyond_accuracy.py), both with the model's item vectors for
-    diversity, into ``beyond_accuracy.json`` and the log."""
-    vectors = item_vectors(model, split.num_items)
+    """The last evaluation's coverage, novelty, diversity and exposure Gini of the top-10 lists
+    (shared/beyond_accuracy.py) beside the popularity ranking's, both with the final model's
+    item vectors for diversity, into ``beyond_accuracy.json`` and the log."""
+    last = next(r for r in reversed(run_dir.records()) if HR10 in r)
     figures = {
-        "model": beyond_accuracy_of(top_lists(model, split), split, vectors),
-        POPULARITY: beyond_accuracy_of(popularity_lists(split), split, vectors),
+        "model": {"epoch": last["epoch"]} | {k: last[k] for k in BEYOND_ACCURACY},
+        POPULARITY: popularity_beyond_accuracy(split, item_vectors(model, split.num_items)),
         "diversity_vectors": "the final model's item tables (shared/item_vectors.py), for both",
     }
     (run_dir.path / BEYOND_ACCURACY_FILE).write_text(json.dumps(figures, indent=2) + "\n")

@@ -60,3 +60,9 @@ def test_centralized_reports_beyond_accuracy_for_the_model_and_popularity(tmp_pa
         assert row["novelty10"] > 0 and 0 < row["diversity10"] <= 2
     # one shared ranking shows few items: it covers less of the catalogue than a personal model
     assert popularity["coverage10"] < figures["model"]["coverage10"]
+    # metrics.jsonl has the model's figures beside hr10, at every evaluation
+    evaluated = [r for r in run_dir.records() if "hr10" in r]
+    assert all(set(BEYOND_ACCURACY) <= set(r) for r in evaluated)
+    assert {k: evaluated[-1][k] for k in BEYOND_ACCURACY} == {
+        k: figures["model"][k] for k in BEYOND_ACCURACY
+    }
