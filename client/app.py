@@ -18,6 +18,7 @@ from flwr.client import ClientApp, NumPyClient
 
 from client import training_round
 from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
+from client.poisoning_mod import poisoning_mod
 from client.policy import DevicePolicy
 from client.reply import shape_evaluate_reply, shape_fit_reply
 from client.state import ContextState, DeviceState, FileState
@@ -118,4 +119,8 @@ def simulated_user(config: RunConfig, node_config: Mapping[str, object]) -> tupl
 
 # Order matters: SecAgg+ must mask the update AFTER it is clipped (docs/design.md §8), and the fault
 # hook must see every message first, so that a deployed device refuses it before anything runs.
-app = ClientApp(client_fn=client_fn, mods=[fault_injection_mod, secagg_mod, user_clipping_mod])
+# The poisoning audit's attackers replace their update outside the clipping mod (they skip it).
+app = ClientApp(
+    client_fn=client_fn,
+    mods=[fault_injection_mod, secagg_mod, poisoning_mod, user_clipping_mod],
+)

@@ -129,6 +129,15 @@ class DevicePolicy:
             f"user-level ε holds{cap}. The device declines the round"
         )
 
+    def check_research_only(self, config: RunConfig) -> None:
+        """Refuse, if deployed, a run that makes devices attack (the poisoning audit)."""
+        if self.deployed and config.audit_poison_fraction:
+            raise PolicyViolation(
+                f"the run sets audit-poison-fraction = {config.audit_poison_fraction:g}: that "
+                "switch makes devices upload poisoned updates for the poisoning audit. A deployed "
+                "device declines; that setting is for simulations only"
+            )
+
     def check_test_faults(self, spec: str) -> None:
         """Refuse a run that sets the test-only fault hook (``spec``: its value), if deployed."""
         if self.deployed and spec:

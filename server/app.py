@@ -26,6 +26,7 @@ from server.steps import (
     DeviceNoise,
     DeviceReports,
     EnoughReplies,
+    ItemRowClip,
     MeanOfTrained,
     PlaintextSum,
     PrivacyLedger,
@@ -43,6 +44,7 @@ from shared.baselines import record_data_summary
 from shared.config import RunConfig
 from shared.item_vectors import item_vectors
 from shared.models import global_arrays, global_names, load_global
+from shared.poisoning import poison_plan
 from shared.records import CHECKPOINT_FILE
 from shared.rundir import RunDirectory
 from shared.secagg import plan_device_noise
@@ -89,6 +91,11 @@ def build_round(
     optimizer = ServerOptimizer(config.strategy, model, names, config)  # owns the global model
     steps = [
         *([ReplyValidation(validator, model)] if plaintext else []),
+        *(  # the item-promotion defence (the config refuses it under SecAgg+)
+            [ItemRowClip(config.item_row_clip, list(names), model.arrays)]
+            if config.item_row_clip and plaintext
+            else []
+        ),
         reports,
         *([ServerClip(config.dp_user_clip_norm)] if config.dp_user and plaintext else []),
         *([EnoughReplies(config.min_fit_clients)] if plaintext else []),  # else: skip the round
@@ -135,7 +142,12 @@ def main(grid: Grid, context: Context) -> None:
     # A simulation's server has the pooled split (a deployment has none): it knows how many users
     # hold each item, for the top-10 lists' novelty, and can rank by popularity beside the model.
     split = None if config.num_items else split_for(config)
-    catalogue = Catalogue.of_split(split) if split else Catalogue(catalog_size(config))
+    poison = poison_plan(config, split) if split else None  # the poisoning audit's target
+    catalogue = (
+        Catalogue.of_split(split, poison.target if poison else None)
+        if split
+        else Catalogue(catalog_size(config))
+    )
     # The server never sees user rows: it builds a one-user model and keeps only the global part.
     model = config.build_model(catalog_size(config))
     names, arrays = global_names(model), global_arrays(model)

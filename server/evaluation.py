@@ -37,6 +37,7 @@ from shared.split import LeaveOneOut
 from shared.wire import DIVERSITY10, EVAL_METRICS, TOP10
 
 LIST_LENGTH = 10
+TARGET_EXPOSURE10 = "target_exposure10"  # the poisoning audit's ER@10
 MAX_DIVERSITY = 2.0  # 1 - cos of two unit vectors lies in [0, 2]
 
 
@@ -48,11 +49,12 @@ class Catalogue:
     num_items: int
     shares: np.ndarray | None = None
     num_users: int = 0
+    audit_item: int | None = None  # the poisoning audit's target: its exposure is recorded
 
     @classmethod
-    def of_split(cls, split: LeaveOneOut) -> Catalogue:
+    def of_split(cls, split: LeaveOneOut, audit_item: int | None = None) -> Catalogue:
         shares = item_shares(split.train_indptr, split.train_items, split.num_items)
-        return cls(num_items=split.num_items, shares=shares, num_users=split.num_users)
+        return cls(split.num_items, shares, split.num_users, audit_item)
 
 
 def parse_top_list(value: object, num_items: int) -> np.ndarray:
@@ -144,6 +146,8 @@ def beyond_accuracy_fields(
         out[DIVERSITY10] = float(np.mean(diversities))
     if stacked is not None:
         out[EXPOSURE_GINI10] = exposure_gini(stacked, catalogue.num_items)
+        if catalogue.audit_item is not None:  # ER@10: share of the lists that show the target
+            out[TARGET_EXPOSURE10] = float(np.mean(np.any(stacked == catalogue.audit_item, axis=1)))
     return out
 
 

@@ -124,6 +124,10 @@ class RunConfig:
     audit_canaries: int
     audit_canary_items: int
     audit_canary_unit: str
+    # poisoning audit: malicious simulated devices promoting one item (shared/poisoning.py)
+    audit_poison_fraction: float
+    audit_poison_boost: float
+    item_row_clip: float  # server defence: each device's item-row change <= this x the median
     # output
     out_dir: str
     # checkpoint and resume: a run directory (or its checkpoint file) to continue; "" starts anew
@@ -411,6 +415,7 @@ class RunConfig:
 
     def _validate_audit(self) -> None:
         _one_of("audit-canary-unit", self.audit_canary_unit, CANARY_UNITS)
+        self._validate_poisoning()
         if not self.audit_canaries:
             return
         # The audit tests the guarantee of its unit: a run must have that unit's DP, or none.
@@ -423,6 +428,29 @@ class RunConfig:
             raise ConfigError(
                 "audit-canary-unit interaction audits interaction-level DP, but this run has only "
                 'dp-user on: set audit-canary-unit = "user" or turn dp-interaction on'
+            )
+
+    def _validate_poisoning(self) -> None:
+        if not 0 <= self.audit_poison_fraction < 1:
+            raise ConfigError(
+                "audit-poison-fraction is the share of devices that attack: use a value in "
+                f"[0, 1), e.g. 0.01; got {self.audit_poison_fraction!r}"
+            )
+        plaintext_only = {
+            "audit-poison-fraction": self.audit_poison_fraction,
+            "item-row-clip": self.item_row_clip,
+        }
+        for key, value in plaintext_only.items():
+            if value and self.secagg:
+                raise ConfigError(
+                    f"{key} needs plaintext aggregation, but secagg = true: under SecAgg+ the "
+                    "server sees no single update to bound, and an attacker skips the devices' "
+                    f"own clipping. Set secagg = false or {key} = 0"
+                )
+        if self.audit_poison_fraction and self.model == "sasrec":
+            raise ConfigError(
+                "audit-poison-fraction: the promotion attack moves a target item's rows in the "
+                "item tables of the NCF family and MF; use model neumf, gmf, mlp or mf"
             )
 
     def _validate_secagg(self) -> None:
@@ -470,7 +498,7 @@ _AT_LEAST_ONE = (
 _NON_NEGATIVE = (
     "seed",  # NumPy refuses negative seeds, and only when the data is drawn
     *("num_items", "train_negatives", "clients_per_round", "eval_clients", "personalize_epochs"),
-    *("learning_rate_floor", "audit_canaries"),
+    *("learning_rate_floor", "audit_canaries", "audit_poison_boost", "item_row_clip"),
     *("dp_noise_multiplier", "dp_target_epsilon", "dp_epsilon_cap"),
     *("dp_user_noise_multiplier", "dp_user_target_epsilon", "dp_user_epsilon_cap"),
 )

@@ -97,6 +97,7 @@ class RoundRecord:
     fit_rejected: int | None = None
     fit_failures: int | None = None
     budget_exhausted: int | None = None
+    item_rows_clipped: int | None = None  # the item-row-clip defence: device rows it shortened
     secagg_survivors: int | None = None
     secagg_dropped: int | None = None
     secagg_clipped_fraction: float | None = None
@@ -115,6 +116,7 @@ class RoundRecord:
     novelty10: float | None = None
     diversity10: float | None = None
     exposure_gini10: float | None = None
+    target_exposure10: float | None = None  # poisoning audit: lists that show the target item
     eval_loss: float | None = None
     round_seconds: float | None = None
     elapsed_seconds: float | None = None

@@ -34,6 +34,7 @@ class Stream(IntEnum):
     DEVICE_NOISE = 15  # a device's Skellam noise and rounding under device noise (research runs)
     DP_POPULARITY = 20  # the DP popularity baseline's noise and capping (research runs only)
     AUDIT_CANARIES = 21  # the membership audit's canaries: coins, items, reference items
+    AUDIT_POISON = 22  # the poisoning audit: which devices attack, and the item they promote
 
 
 # A round's epochs get indices ``round * EPOCHS_PER_ROUND + epoch``; personalization (before

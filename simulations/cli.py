@@ -147,7 +147,25 @@ def main(argv: list[str] | None = None) -> int:
         default=0.25,
         help="guess 'in' for this top fraction of scores and 'out' for the bottom one (0.25)",
     )
-    for sub in (simulate, centralized, report, certs, inference, membership, bench):
+    poisoning = audit.add_parser(
+        "poisoning",
+        help="1%% of devices promote one item: its exposure and HR@10 under each defence",
+    )
+    add_config_args(poisoning)
+    poisoning.add_argument(
+        "--fraction", type=float, default=0.01, help="share of devices that attack (0.01)"
+    )
+    poisoning.add_argument(
+        "--norm-bound", type=float, default=1.0, help="the norm-bound row's max-update-norm (1.0)"
+    )
+    poisoning.add_argument(
+        "--row-clip", type=float, default=3.0, help="the row-clip rows' item-row-clip (3.0)"
+    )
+    poisoning.add_argument(
+        "--user-epsilon", type=float, default=8.0, help="the user-dp row's target ε (8)"
+    )
+    poisoning.add_argument("--only", help="comma-separated rows (default: all)")
+    for sub in (simulate, centralized, report, certs, inference, membership, bench, poisoning):
         add_debug_arg(sub)
     args = parser.parse_args(argv)
     try:
@@ -242,6 +260,8 @@ def _certs(directory: str, hosts: list[str], devices: str) -> int:
 def _audit(args: argparse.Namespace) -> int:
     if args.audit == "membership":
         return _membership(args)
+    if args.audit == "poisoning":
+        return _poisoning(args)
     from shared.saved_run import load_run
     from simulations.research.audit import run_item_inference
 
@@ -267,6 +287,26 @@ def _membership(args: argparse.Namespace) -> int:
     out = Path(args.out or "runs/audit-membership")
     config, changed = _resolve(argparse.Namespace(**{**vars(args), "out": None}))
     run_membership_audit(config, changed, out, args.guess_fraction)
+    return 0
+
+
+def _poisoning(args: argparse.Namespace) -> int:
+    from shared.config import ConfigError
+    from simulations.configs import config_path
+    from simulations.research.poisoning_audit import audit_rows, run_poisoning_audit
+
+    rows = audit_rows(args.norm_bound, args.row_clip, args.user_epsilon)
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {r.name for r in rows})
+        if unknown:
+            raise ConfigError(
+                f"--only: unknown rows {unknown}; choose from {[r.name for r in rows]}"
+            )
+        rows = [r for r in rows if r.name in wanted]
+    settings = [f"audit-poison-fraction={args.fraction}", *args.set]
+    config_file = config_path(args.config) if args.config else None
+    run_poisoning_audit(config_file, settings, Path(args.out or "runs/audit-poisoning"), rows)
     return 0
 
 

@@ -6,13 +6,20 @@
 from server.steps.optimizer import ServerOptimizer
 from server.steps.records import PrivacyLedger, RoundRecorder
 from server.steps.release import DeviceNoise, MeanOfTrained, UserLevelNoise
-from server.steps.replies import DeviceReports, EnoughReplies, ReplyValidation, ServerClip
+from server.steps.replies import (
+    DeviceReports,
+    EnoughReplies,
+    ItemRowClip,
+    ReplyValidation,
+    ServerClip,
+)
 from server.steps.sums import PlaintextSum, SecAggSum
 
 __all__ = [
     "DeviceNoise",
     "DeviceReports",
     "EnoughReplies",
+    "ItemRowClip",
     "MeanOfTrained",
     "PlaintextSum",
     "PrivacyLedger",

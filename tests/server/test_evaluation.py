@@ -93,3 +93,13 @@ def test_parse_top_list_names_what_is_wrong():
         parse_top_list(csv(range(11, 21)), NUM_ITEMS)
     with pytest.raises(ValueError, match="string"):
         parse_top_list(3.0, NUM_ITEMS)
+
+
+def test_the_poisoning_audit_counts_the_lists_that_show_its_target():
+    catalogue = Catalogue(num_items=NUM_ITEMS, audit_item=12)  # in LIST_B only
+    _, metrics, _ = summarize_evaluation(
+        1, results(reply(1.0, LIST_A), reply(0.0, LIST_B), reply(0.0, LIST_B)), [], catalogue
+    )
+    assert metrics["target_exposure10"] == pytest.approx(2 / 3)
+    _, plain, _ = summarize_evaluation(1, results(reply(1.0, LIST_A)), [], Catalogue(NUM_ITEMS))
+    assert "target_exposure10" not in plain
