@@ -62,7 +62,8 @@ def test_the_attacker_stays_under_the_servers_norm_bound():
     names, arrays = global_names(net), global_arrays(net)
     plan = poison_plan(config, split)
     poisoned = promotion_update(names, arrays, plan, split.num_items, 100.0, 0.5)
-    norm = np.sqrt(sum(np.sum((p - a).astype(np.float64) ** 2) for p, a in zip(poisoned, arrays)))
+    changes = [(p - a).astype(np.float64) for p, a in zip(poisoned, arrays, strict=True)]
+    norm = np.sqrt(sum(np.sum(c * c) for c in changes))
     assert norm == pytest.approx(NORM_MARGIN * 0.5, rel=1e-4)
     assert dilution(small_config(strategy="itemsum")) == 1.0
     assert dilution(small_config(strategy="fedavg", clients_per_round=40)) == 40.0
