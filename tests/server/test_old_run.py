@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from server.report import build_report, main
+from shared.beyond_accuracy import BEYOND_ACCURACY
 from tests.shared.test_records import FIXTURES
 
 
@@ -18,12 +19,15 @@ def test_report_of_a_checked_in_run_is_what_todays_code_wrote(tmp_path, name):
     got = json.loads(json.dumps(build_report(run)))
     # Added since the fixture was written (issue 11): who added the noise, and against whom the
     # user-level ε holds. An old ledger has no noise_source: the server added it.
+    # Issue 15: the beyond-accuracy figures and popularity's, none of which an old run recorded.
     new_keys = {
         "interaction_level": ("noise_source",),
         "user_level": ("noise_source", "holds_against"),
+        "utility": (*BEYOND_ACCURACY, "popularity"),
     }
     added = {unit: {k: got[unit].pop(k, None) for k in keys} for unit, keys in new_keys.items()}
     assert got == expected
+    assert set(added["utility"].values()) == {None}
     if got["user_level"]["enabled"]:
         assert added["user_level"]["noise_source"] == "server"
         assert added["user_level"]["holds_against"] == "released models (the server is trusted)"
