@@ -15,6 +15,7 @@ from flwr.common import log
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.workflow import DefaultWorkflow
 
+from server import linkstate_index
 from server.checkpoint import Checkpoint, Checkpointer, load_for_resume
 from server.deadline import TimedGrid
 from server.evaluation import Catalogue, write_beyond_accuracy
@@ -51,6 +52,10 @@ from shared.secagg import plan_device_noise
 from shared.split import catalog_size, split_for
 
 app = ServerApp()
+# Flower's simulation runs this app in the process that holds the in-memory link state, whose
+# delivery scan is quadratic in the federation's size (server/linkstate_index.py: why, and why
+# the answers are unchanged).
+linkstate_index.install()
 
 
 def build_round(
