@@ -23,6 +23,7 @@ written against, so a Flower upgrade falls back to Flower's own code until it is
 
 from __future__ import annotations
 
+import os
 from logging import INFO
 
 import flwr
@@ -31,6 +32,8 @@ from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkStat
 from flwr.supercore.date import now
 
 CHECKED_FLOWER = "1.42.0"
+# Benchmarks only: set to 1 to measure Flower's own scan (simulations/research/bench_linkstate.py).
+USE_FLOWER_SCAN = "CONFIDE_FLOWER_SCAN"
 _flower_get_message_ins = InMemoryLinkState.get_message_ins
 
 
@@ -70,6 +73,8 @@ def install() -> bool:
     """Use the indexed lookup (once; only on the checked Flower version). True if in use."""
     if InMemoryLinkState.get_message_ins is get_message_ins:
         return True
+    if os.environ.get(USE_FLOWER_SCAN) == "1":
+        return False
     if flwr.__version__ != CHECKED_FLOWER:
         log(INFO, "[confide] Flower %s: link-state index not installed", flwr.__version__)
         return False

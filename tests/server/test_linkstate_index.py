@@ -75,3 +75,14 @@ def test_other_asks_go_to_flowers_own_method_and_install_is_idempotent():
     assert [m.metadata.dst_node_id for m in both] == [1, 1]
     assert linkstate_index.install() and linkstate_index.install()
     assert InMemoryLinkState.get_message_ins is linkstate_index.get_message_ins
+
+
+def test_benchmarks_can_ask_for_flowers_own_scan(monkeypatch):
+    monkeypatch.setattr(
+        InMemoryLinkState, "get_message_ins", linkstate_index._flower_get_message_ins
+    )
+    monkeypatch.setenv(linkstate_index.USE_FLOWER_SCAN, "1")
+    assert not linkstate_index.install()
+    assert InMemoryLinkState.get_message_ins is linkstate_index._flower_get_message_ins
+    monkeypatch.setenv(linkstate_index.USE_FLOWER_SCAN, "0")
+    assert linkstate_index.install()
