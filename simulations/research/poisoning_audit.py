@@ -31,6 +31,7 @@ from typing import Any
 
 from shared.config import RunConfig, resolve_config
 from shared.records import MODEL_FILE, read_rounds
+from simulations.research.tables import cell
 
 NO_ATTACK = "no-attack"
 RESULT_JSON, RESULT_MD = "poisoning.json", "poisoning.md"
@@ -172,15 +173,11 @@ def markdown(table: list[dict[str, Any]]) -> str:
         "clipped |\n|---|---|---|---|---|---|---|---|---|\n"
     )
 
-    def cell(value: Any, digits: int = 4) -> str:
-        if value is None:
-            return "—"
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
     lines = [
-        f"| {t['row']} | {'yes' if t['attack'] else 'no'} | {t['defence']} | {cell(t['er10'])} | "
-        f"{cell(t.get('er10_over_no_attack'), 1)} | {cell(t['hr10'])} | "
-        f"{cell(t.get('hr10_drop'))} | {t['fit_rejected']} | {t['item_rows_clipped']} |"
+        f"| {t['row']} | {'yes' if t['attack'] else 'no'} | {t['defence']} | "
+        f"{cell(t['er10'], 4)} | "
+        f"{cell(t.get('er10_over_no_attack'), 1)} | {cell(t['hr10'], 4)} | "
+        f"{cell(t.get('hr10_drop'), 4)} | {t['fit_rejected']} | {t['item_rows_clipped']} |"
         for t in table
     ]
     return head + "\n".join(lines) + "\n"

@@ -31,6 +31,7 @@ from shared.training import evaluate_popularity
 from shared.wire import EVAL_METRICS, FULL_HR10, FULL_NDCG10, HR10, NDCG10
 from simulations.cli import main as confide
 from simulations.configs import CONFIG_DIR
+from simulations.research.tables import cell
 
 EPSILONS = (1, 4, 8)
 
@@ -185,11 +186,6 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         "| full HR@10 | full NDCG@10 | HR@10 / no DP |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
-
-    def cell(value: Any, digits: int = 3) -> str:
-        if value is None:
-            return "–"
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
     lines = []
     for r in rows:
