@@ -80,11 +80,9 @@ def _checked(reply: EvaluateRes, catalogue: Catalogue | None) -> tuple[list[floa
     diversity = reply.metrics.get(DIVERSITY10)
     if diversity is not None and not _number_in(diversity, MAX_DIVERSITY):
         raise ValueError(f"{DIVERSITY10} must lie in [0, {MAX_DIVERSITY:g}], got {diversity!r}")
-    top = reply.metrics.get(TOP10)
-    if top is not None and catalogue is not None:  # without a catalogue the lists are not used
-        top = parse_top_list(top, catalogue.num_items)
-    elif top is not None:
-        top = None
+    sent = reply.metrics.get(TOP10)
+    # Without a catalogue the lists cannot be checked, and are not used.
+    top = None if sent is None or catalogue is None else parse_top_list(sent, catalogue.num_items)
     return values, diversity, top
 
 
@@ -137,14 +135,13 @@ def beyond_accuracy_fields(
 ) -> dict[str, float]:
     """The figures the replies allow: coverage and Gini need lists, novelty also the shares."""
     out: dict[str, float] = {}
-    stacked = np.stack(lists) if lists and catalogue is not None else None
-    if stacked is not None:
+    if diversities:
+        out[DIVERSITY10] = float(np.mean(diversities))
+    if lists and catalogue is not None:  # (the record's field order is fixed in RoundRecord)
+        stacked = np.stack(lists)
         out[COVERAGE10] = coverage(stacked, catalogue.num_items)
         if catalogue.shares is not None:
             out[NOVELTY10] = novelty(stacked, catalogue.shares, catalogue.num_users)
-    if diversities:
-        out[DIVERSITY10] = float(np.mean(diversities))
-    if stacked is not None:
         out[EXPOSURE_GINI10] = exposure_gini(stacked, catalogue.num_items)
         if catalogue.audit_item is not None:  # ER@10: share of the lists that show the target
             out[TARGET_EXPOSURE10] = float(np.mean(np.any(stacked == catalogue.audit_item, axis=1)))
