@@ -21,12 +21,14 @@ from client.mods import fault_injection_mod, secagg_mod, user_clipping_mod
 from client.poisoning_mod import poisoning_mod
 from client.policy import DevicePolicy
 from client.reply import shape_evaluate_reply, shape_fit_reply
+from client.shard import ShardClient
 from client.state import ContextState, DeviceState, FileState
 from client.store_adapter import STORE_PATH, StoreRun, uses_store
 from shared.config import RunConfig
 from shared.records import DEVICES_DIR
+from shared.shards import shard_count
 from shared.split import UserData, split_for
-from shared.wire import SERVER_ROUND
+from shared.wire import PARTITION_ID, SERVER_ROUND
 
 
 class DeviceClient(NumPyClient):
@@ -37,12 +39,20 @@ class DeviceClient(NumPyClient):
         user_id: int,
         state: DeviceState,
         policy: DevicePolicy = training_round.NO_POLICY,
+        partition: int | None = None,
     ) -> None:
         self.run_config = config
+        self.partition = partition  # a simulated node's partition id (its user); None deployed
         self.policy = policy  # the device owner's own ε cap (node config), never the server's
         self.data = data
         self.user_id = user_id
         self.state = state
+
+    def get_properties(self, config):
+        """What the node says of itself when the server first asks (server/population.py): a
+        simulated node its partition id, which the server's federation assigned; a deployed
+        device nothing."""
+        return {} if self.partition is None else {PARTITION_ID: self.partition}
 
     def state_at(self, server_round: int) -> DeviceState:
         """The state as round ``server_round`` must see it (a :class:`FileState` keeps versions
@@ -84,10 +94,12 @@ def client_fn(context: Context):
     if deployed:
         run = StoreRun.open(config, context.node_config, context.run_id, context.state)
         return DeviceClient(config, run.data, run.user_id, run.state, policy).to_client()
+    if config.cohort_size > 1:  # the node plays a shard of users, on the cohort engine
+        partition = simulated_partition(config, context.node_config)
+        return ShardClient(config, split_for(config), partition, policy).to_client()
     user_id, data = simulated_user(config, context.node_config)
-    return DeviceClient(
-        config, data, user_id, simulated_state(config, context, user_id), policy
-    ).to_client()
+    state = simulated_state(config, context, user_id)
+    return DeviceClient(config, data, user_id, state, policy, partition=user_id).to_client()
 
 
 def simulated_state(config: RunConfig, context: Context, user_id: int) -> DeviceState:
@@ -99,22 +111,30 @@ def simulated_state(config: RunConfig, context: Context, user_id: int) -> Device
     return ContextState(context.state)
 
 
-def simulated_user(config: RunConfig, node_config: Mapping[str, object]) -> tuple[int, UserData]:
-    """The user a simulated node plays (its ``partition-id``: a dense user index) and its data."""
-    if "partition-id" not in node_config:
+def simulated_partition(config: RunConfig, node_config: Mapping[str, object]) -> int:
+    """A simulated node's ``partition-id``: a dense user index, or its shard's (cohort-size > 1)."""
+    if PARTITION_ID not in node_config:
         raise ValueError(
             f"node config has neither {STORE_PATH} (a deployed device) nor "
             "partition-id (a simulation): start the SuperNode with --node-config "
             '\'store-path="/path/confide.db" store-key-file="/path/key"\''
         )
-    user_id = int(node_config["partition-id"])
-    split = split_for(config)
-    if user_id >= split.num_users:
+    partition = int(node_config[PARTITION_ID])
+    users = split_for(config).num_users
+    nodes = shard_count(users, config.cohort_size)
+    if partition >= nodes:
         raise ValueError(
-            f"partition-id {user_id} has no user: the dataset has {split.num_users} users; "
-            f"run with at most num-supernodes={split.num_users}"
+            f"partition-id {partition} has no user: the dataset has {users} users"
+            + (f" in shards of {config.cohort_size}" if config.cohort_size > 1 else "")
+            + f"; run with at most num-supernodes={nodes}"
         )
-    return user_id, split.user_data(user_id)
+    return partition
+
+
+def simulated_user(config: RunConfig, node_config: Mapping[str, object]) -> tuple[int, UserData]:
+    """The user a simulated node plays (its ``partition-id``: a dense user index) and its data."""
+    user_id = simulated_partition(config, node_config)
+    return user_id, split_for(config).user_data(user_id)
 
 
 # Order matters: SecAgg+ must mask the update AFTER it is clipped (docs/design.md §8), and the fault

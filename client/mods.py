@@ -36,7 +36,7 @@ from shared.faults import FIT, REPLY_MODES, parse_fault
 from shared.privacy import clip_update
 from shared.secagg import STAGES, quantizer_clip_count
 from shared.streams import Stream, generator, secret_seed
-from shared.wire import CLIP_NORM, NOISE_MU, SECAGG_BOUND, SERVER_ROUND
+from shared.wire import CLIP_NORM, NOISE_MU, SECAGG_BOUND, SERVER_ROUND, SHARD_USERS
 
 _STAGE_NAMES = dict(zip(Stage.all(), STAGES, strict=True))  # Flower's names -> ours
 
@@ -74,8 +74,8 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
         return call_next(msg, ctxt)
     fit_ins = recorddict_to_fitins(msg.content, keep_input=True)
     norm, bound = fit_ins.config.get(CLIP_NORM), fit_ins.config.get(SECAGG_BOUND)
-    if norm is None and bound is None:
-        return call_next(msg, ctxt)
+    if (norm is None and bound is None) or SHARD_USERS in fit_ins.config:
+        return call_next(msg, ctxt)  # (a shard clips each of its users itself: client/shard.py)
     reply = call_next(msg, ctxt)
     if reply.has_error():
         return reply

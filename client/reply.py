@@ -14,7 +14,7 @@ The update's arrays are shaped elsewhere: trained in :mod:`client.training_round
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +30,14 @@ from shared.wire import (
     LOSS,
     NOISE_CLAMPED,
     SECAGG_CLIPPED,
+    SHARD_DECLINED,
+    SHARD_EPSILONS,
+    SHARD_EVAL,
+    SHARD_EVAL_COLUMNS,
+    SHARD_NOISE_MULTIPLIERS,
+    SHARD_TOP10,
+    SHARD_TRAINED,
+    SHARD_WEIGHT,
     TOP10,
     TRAINED,
 )
@@ -92,3 +100,65 @@ def shape_evaluate_reply(
 def encode_top_list(top: np.ndarray) -> str:
     """The list as Flower metrics can carry it: item ids, best first, comma-separated."""
     return ",".join(str(int(i)) for i in top)
+
+
+def shape_shard_fit_reply(
+    config: RunConfig,
+    users: Sequence[int],
+    results: Sequence[TrainResult],
+    updates: Sequence[Sequence[np.ndarray]],
+) -> tuple[list[np.ndarray], int, Metrics]:
+    """(arrays, num_examples, metrics) of a shard's fit reply (``cohort-size > 1``).
+
+    The arrays are the sum of the trained users' updates (already clipped under user-level DP),
+    each weighed as the server would weigh its device (:func:`aggregation_weight`); users at
+    their budget are named and left out. Per user, the same facts its own reply would carry and
+    no more: a loss only where :func:`shape_fit_reply` sends one (then example-weighted), the
+    rounded ε and σ under interaction-level DP.
+    """
+    trained = [i for i, r in enumerate(results) if r.status == TRAINED]
+    shapes = [np.shape(a) for a in updates[0]] if updates else []
+    total = [np.zeros(shape, dtype=np.float64) for shape in shapes]
+    weight = 0.0
+    for i in trained:
+        w = aggregation_weight(config, results[i].num_examples)
+        for acc, part in zip(total, updates[i], strict=True):
+            acc += np.multiply(part, w, dtype=np.float64)
+        weight += w
+    metrics: Metrics = {SHARD_TRAINED: len(trained), SHARD_WEIGHT: weight}
+    declined = [users[i] for i, r in enumerate(results) if r.status != TRAINED]
+    metrics[SHARD_DECLINED] = np.asarray(declined, dtype=np.int64).tobytes()
+    reply_weights = [shape_fit_reply(config, results[i])[0] for i in trained]
+    if trained and not config.private_replies:
+        losses = [results[i].loss for i in trained]
+        metrics[LOSS] = float(np.average(losses, weights=reply_weights))
+    if config.dp_interaction:
+        eps = [round(r.epsilon, EPSILON_DECIMALS) for r in results]
+        sigmas = [round(results[i].noise_multiplier, EPSILON_DECIMALS) for i in trained]
+        metrics[SHARD_EPSILONS] = np.asarray(eps, dtype=np.float64).tobytes()
+        metrics[SHARD_NOISE_MULTIPLIERS] = np.asarray(sigmas, dtype=np.float64).tobytes()
+    return total, int(sum(reply_weights)), metrics
+
+
+def aggregation_weight(config: RunConfig, num_examples: int) -> float:
+    """A device's weight in the server's sum: 1 where its example count is private or the rule
+    is uniform (item-sum, user-level DP), else its example count (FedAvg, FedAdam)."""
+    return 1.0 if config.uniform_weights or config.private_replies else float(num_examples)
+
+
+def shape_shard_evaluate_reply(
+    evaluations: Sequence[Evaluation], share_top_list: bool
+) -> tuple[float, int, dict[str, float | bytes]]:
+    """A shard's evaluate reply: each user's figures (as :func:`shape_evaluate_reply` would send
+    them) as one row of ``SHARD_EVAL``, and their lists only when they share them."""
+    rows = [
+        [e.loss, *(e.metrics[name] for name in EVAL_METRICS), e.metrics.get(DIVERSITY10, np.nan)]
+        for e in evaluations
+    ]
+    table = np.asarray(rows, dtype=np.float64).reshape(-1, len(SHARD_EVAL_COLUMNS))
+    metrics: dict[str, float | bytes] = {SHARD_EVAL: table.tobytes()}
+    if share_top_list:
+        tops = np.asarray([e.top for e in evaluations], dtype=np.int64).reshape(-1, 10)
+        metrics[SHARD_TOP10] = tops.tobytes()
+    loss = float(np.mean(table[:, 0])) if len(table) else 0.0
+    return loss, len(evaluations), metrics

@@ -21,8 +21,10 @@ from server.deadline import TimedGrid
 from server.evaluation import Catalogue, write_beyond_accuracy
 from server.optimizers import ModelState
 from server.pipeline import Pipeline
+from server.population import Population
 from server.sampling import CountSampler, PoissonSampler, Sampler
 from server.secagg import GuardedSecAggPlusWorkflow
+from server.shard_replies import ShardValidation
 from server.steps import (
     DeviceNoise,
     DeviceReports,
@@ -64,9 +66,11 @@ def build_round(
     arrays: Sequence[np.ndarray],
     run_dir: RunDirectory,
     validator: ReplyValidator | None = None,
+    population: Population | None = None,
 ) -> tuple[Sampler, Pipeline, ModelState]:
     """The sampler and the round's steps for this config; the model they all share."""
     model = ModelState([np.asarray(a) for a in arrays])
+    population = population or Population(simulated=False)
     validator = validator or ReplyValidator.for_global(
         names,
         arrays,
@@ -86,23 +90,33 @@ def build_round(
                 config.num_server_rounds,
             )
     if config.dp_user:
-        sampler: Sampler = PoissonSampler(config, user)
+        sampler: Sampler = PoissonSampler(config, user, population)
     else:
-        sampler = CountSampler(config, max_cohort=plan.max_cohort if plan else None)
-    # A device's weight must not depend on its data under user-level DP; item-sum is uniform.
-    uniform = config.dp_user or config.strategy == "itemsum"
+        sampler = CountSampler(config, population, max_cohort=plan.max_cohort if plan else None)
+    uniform = config.uniform_weights
     plaintext = plan is None  # under SecAgg+ the server never sees a single update
+    shards = config.cohort_size > 1  # nodes reply with their users' summed updates
     reports = DeviceReports(config)  # interaction-level ε / σ the devices report, for the ledger
     optimizer = ServerOptimizer(config.strategy, model, names, config)  # owns the global model
     steps = [
-        *([ReplyValidation(validator, model)] if plaintext else []),
+        *(
+            [ShardValidation(validator, model, config.dp_user_clip_norm if config.dp_user else 0)]
+            if shards
+            else []
+        ),  # fmt: skip
+        *([ReplyValidation(validator, model)] if plaintext and not shards else []),
         *(  # the item-promotion defence (the config refuses it under SecAgg+)
             [ItemRowClip(config.item_row_clip, list(names), model.arrays)]
             if config.item_row_clip and plaintext
             else []
         ),
         reports,
-        *([ServerClip(config.dp_user_clip_norm)] if config.dp_user and plaintext else []),
+        # (a shard clips each user itself: the server sees only their sum)
+        *(
+            [ServerClip(config.dp_user_clip_norm)]
+            if config.dp_user and plaintext and not shards
+            else []
+        ),  # fmt: skip
         *([EnoughReplies(config.min_fit_clients)] if plaintext else []),  # else: skip the round
         PlaintextSum(model, uniform=uniform)
         if plaintext
@@ -156,13 +170,24 @@ def main(grid: Grid, context: Context) -> None:
     # The server never sees user rows: it builds a one-user model and keeps only the global part.
     model = config.build_model(catalog_size(config))
     names, arrays = global_names(model), global_arrays(model)
-    sampler, pipeline, state = build_round(config, names, arrays, run_dir)
+    population = Population(
+        cohort_size=config.cohort_size,
+        num_users=split.num_users if split else 0,
+        simulated=split is not None,
+    )
+    sampler, pipeline, state = build_round(config, names, arrays, run_dir, population=population)
     done = 0
     if checkpoint is not None:
         pipeline.find(Checkpointer).restore(checkpoint)
         done = checkpoint.round
     strategy = ConfideStrategy(
-        config, sampler, pipeline, state, rounds_done=done, catalogue=catalogue
+        config,
+        sampler,
+        pipeline,
+        state,
+        rounds_done=done,
+        catalogue=catalogue,
+        population=population,
     )
     if checkpoint is not None:
         strategy.started -= checkpoint.elapsed_seconds  # elapsed time continues too

@@ -28,11 +28,18 @@ class Reply:
 
     Under SecAgg+ the server never sees a device's update: ``update`` stays None and ``res`` holds
     the unmasked aggregate Flower hands every result, with the device's plaintext metrics.
+
+    A node that simulates a shard of users (``cohort-size > 1``) replies for all of them at once:
+    ``update`` is then the sum of their weighted updates, ``weight`` the sum of their weights and
+    ``users`` how many trained (:mod:`server.shard_replies`).
     """
 
     node_id: int
     res: FitRes  # decoded only by the step that checks it
     update: list[np.ndarray] | None = None
+    weight: float | None = None  # a shard's summed weight (None: one device, weighed by the sum)
+    users: int = 1  # users whose updates ``update`` holds
+    declined: tuple[int, ...] = ()  # a shard's users at their budget (not in ``update``)
 
     @property
     def num_examples(self) -> int:
@@ -45,6 +52,8 @@ class Reply:
     @property
     def trained(self) -> bool:
         # A device at its privacy budget declines to train: counted, never aggregated.
+        if self.weight is not None:
+            return self.users > 0
         return self.metrics.get(DP_STATUS) != BUDGET_EXHAUSTED
 
 
@@ -74,6 +83,7 @@ class RoundState:
     started: float = field(default_factory=time.monotonic)
     record: RoundRecord = field(init=False)
     failures: list[Any] = field(default_factory=list)
+    asked: dict[int, tuple[int, ...]] = field(default_factory=dict)  # node -> users it was asked
 
     def __post_init__(self) -> None:
         self.record = RoundRecord(round=self.number)

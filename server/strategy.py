@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from logging import WARNING
 
+import numpy as np
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -28,12 +29,14 @@ from flwr.server.strategy import Strategy
 from server.evaluation import Catalogue, summarize_evaluation
 from server.optimizers import ModelState
 from server.pipeline import Pipeline
+from server.population import Population
 from server.provenance import model_digest
 from server.round import Reply, RoundState, SkipRound
-from server.sampling import Sampler, available_cohort
+from server.sampling import Cohort, Sampler, evaluation_cohort
+from server.shard_replies import expand_shard_evaluations
 from server.steps import SecAggSum
 from shared.config import RunConfig
-from shared.wire import SERVER_ROUND
+from shared.wire import SERVER_ROUND, SHARD_USERS
 
 
 class ConfideStrategy(Strategy):
@@ -50,9 +53,11 @@ class ConfideStrategy(Strategy):
         model: ModelState,
         rounds_done: int = 0,
         catalogue: Catalogue | None = None,
+        population: Population | None = None,
     ) -> None:
         self.config = config
         self.sampler = sampler
+        self.population = population or Population(simulated=False)
         self.pipeline = pipeline
         self.model = model  # the server optimizer's, read here to send it
         self.rounds_done = rounds_done
@@ -77,15 +82,27 @@ class ConfideStrategy(Strategy):
         server_round = self.run_round(server_round)
         rnd = self.begin_round(server_round)
         cohort = self.sampler.sample(rnd, client_manager)
-        rnd.note(fit_sampled=len(cohort))
+        rnd.note(fit_sampled=cohort.size)
+        rnd.asked = {node: tuple(users) for node, users in cohort.users.items()}
         config: dict[str, Scalar] = {SERVER_ROUND: server_round} | self.pipeline.instructions(rnd)
-        self.pipeline.on_sampled(rnd, cohort)
+        self.pipeline.on_sampled(rnd, cohort.nodes)
         if rnd.record.skipped is not None:
             return []
-        if not cohort and rnd.record.stopped is None:
+        if not cohort.size and rnd.record.stopped is None:
             rnd.note(skipped="no clients sampled")
-        fit_ins = FitIns(parameters, config)  # Flower's copy of self.model, already serialized
-        return [(client, fit_ins) for client in cohort]
+        # parameters: Flower's copy of self.model, already serialized once for every node
+        return self.instructions(cohort, lambda cfg: FitIns(parameters, cfg), config)
+
+    def instructions(self, cohort: Cohort, make, config: dict[str, Scalar]) -> list:
+        """One instruction per drawn node; a node that simulates a shard is told which of its
+        users were drawn (the others sit the round out)."""
+        if self.config.cohort_size <= 1:
+            same = make(config)
+            return [(client, same) for client in cohort.nodes]
+        return [
+            (cohort.proxies[node], make(config | {SHARD_USERS: encode_users(users)}))
+            for node, users in cohort.users.items()
+        ]
 
     def secagg_stage(self, stage: str, active: int, halt: str | None) -> None:
         """Called by the SecAgg+ workflow after each stage; a halted round leaves the model."""
@@ -117,14 +134,11 @@ class ConfideStrategy(Strategy):
             self._finish_round()
             return []
         # Intermediate evaluations may sample; the last one ranks for every client.
-        wanted = client_manager.num_available()
-        if self.config.eval_clients and not last:
-            wanted = self.config.eval_clients
-        cohort = available_cohort(client_manager, wanted, self.config.min_fit_clients)
-        if not cohort:
+        cohort = evaluation_cohort(self.config, self.population, client_manager, server_round, last)
+        if not cohort.size:
             self._finish_round()
-        eval_ins = EvaluateIns(parameters, {SERVER_ROUND: server_round})
-        return [(client, eval_ins) for client in cohort]
+        config: dict[str, Scalar] = {SERVER_ROUND: server_round}
+        return self.instructions(cohort, lambda cfg: EvaluateIns(parameters, cfg), config)
 
     def aggregate_evaluate(
         self,
@@ -133,6 +147,8 @@ class ConfideStrategy(Strategy):
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
         server_round = self.run_round(server_round)
+        if self.config.cohort_size > 1:  # a shard's reply holds each of its users' results
+            results, failures = expand_shard_evaluations(results, failures)
         loss, metrics, fields = summarize_evaluation(
             server_round, results, failures, self.catalogue
         )
@@ -149,3 +165,8 @@ class ConfideStrategy(Strategy):
             return
         self.pipeline.finish(self.round)
         self.round = None
+
+
+def encode_users(users: list[int]) -> bytes:
+    """A shard's drawn users as Flower config can carry them (int64 bytes, ascending)."""
+    return np.asarray(users, dtype=np.int64).tobytes()

@@ -191,6 +191,12 @@ class RunConfig:
         }
 
     @property
+    def uniform_weights(self) -> bool:
+        """Whether the server weighs every device the same: under user-level DP a device's weight
+        must not depend on its data, and item-sum is uniform by definition."""
+        return self.dp_user or self.strategy == "itemsum"
+
+    @property
     def private_replies(self) -> bool:
         """Whether devices must keep their replies to the update alone (weight 1, no loss).
 
@@ -212,13 +218,26 @@ class RunConfig:
         return self.dp_noise_min_survivors or self.secagg_reconstruction_threshold
 
     def check_federated_run(self) -> None:
-        """Refuse what a Flower run would accept and ignore: ``cohort-size > 1`` (the cohort
-        engine runs only in ``confide bench`` so far; the config stays valid for the bench)."""
-        if self.cohort_size > 1:
-            raise ConfigError(
-                f"cohort-size {self.cohort_size}: the cohort engine (client/cohort.py) is not "
-                "wired into Flower runs yet, only `confide bench` runs it: set cohort-size = 1"
-            )
+        """Refuse at setup what ``cohort-size > 1`` (nodes that simulate shards of users on the
+        cohort engine, client/shard.py) cannot do yet, each with what to do instead."""
+        if self.cohort_size <= 1:
+            return
+        refused = [
+            (self.num_items > 0, "a deployment keeps one device per node: unset num-items"),
+            (
+                self.secagg,
+                "SecAgg+ across shards is not built (each shard's sum would need its own bound "
+                "and quantizer): set secagg = false, or cohort-size = 1",
+            ),
+            (
+                self.audit_poison_fraction > 0 or self.item_row_clip > 0,
+                "the poisoning audit and item-row-clip need each device's own update: set "
+                "cohort-size = 1",
+            ),
+        ]
+        for hit, why in refused:
+            if hit:
+                raise ConfigError(f"cohort-size {self.cohort_size}: {why}")
 
     @property
     def layers(self) -> tuple[int, ...]:

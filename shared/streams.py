@@ -35,6 +35,7 @@ class Stream(IntEnum):
     DP_POPULARITY = 20  # the DP popularity baseline's noise and capping (research runs only)
     AUDIT_CANARIES = 21  # the membership audit's canaries: coins, items, reference items
     AUDIT_POISON = 22  # the poisoning audit: which devices attack, and the item they promote
+    COHORT_SAMPLING = 23  # which users a round without user-level DP (or an evaluation) asks
 
 
 # A round's epochs get indices ``round * EPOCHS_PER_ROUND + epoch``; personalization (before

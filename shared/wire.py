@@ -19,6 +19,15 @@ SECAGG_BOUND = "confide.secagg-bound"
 # SecAgg+'s own setup, its rounding bound from the clip norm), so the server sets only this.
 NOISE_MU = "confide.noise-mu"
 
+# Users (dense ids, int64 bytes) a node that simulates a shard of them trains or evaluates this
+# round (cohort-size > 1, simulations only): the server's draw among the node's shard.
+SHARD_USERS = "confide.shard-users"
+
+# -- query replies: what a node says of itself, once per run (server/population.py) ------------
+# A simulated node's partition id: the user it plays, or its shard's index (cohort-size > 1).
+# The server assigned it (it is the federation's numbering); a deployed device sends nothing.
+PARTITION_ID = "partition-id"
+
 # -- fit replies: metrics a device sends in plaintext ---------------------------------------------
 LOSS = "loss"  # training loss; never sent under DP or SecAgg+ (a function of the device's data)
 DP_STATUS = "dp_status"  # one of the statuses below (interaction-level DP only)
@@ -50,3 +59,17 @@ DIVERSITY10 = "diversity10"
 # their training items; a deployed device sends it only if its node config opts in
 # (client/policy.py, share-top-list).
 TOP10 = "top10"
+
+# -- shard replies (cohort-size > 1): a node's reply for the users it trained or evaluated ------
+# A shard's fit reply carries the SUM of its users' weighted, clipped updates (not new weights),
+# and these plaintext facts about them. Simulations only: the shard is the simulation host.
+SHARD_TRAINED = "confide.shard-trained"  # users in the sum
+SHARD_WEIGHT = "confide.shard-weight"  # the sum of their weights (1 each, or example counts)
+SHARD_DECLINED = "confide.shard-declined"  # int64 bytes: users at their budget (not in the sum)
+SHARD_EPSILONS = "confide.shard-epsilons"  # float64 bytes: every user's ε, rounded as DP_EPSILON
+SHARD_NOISE_MULTIPLIERS = "confide.shard-sigmas"  # float64 bytes: each trained user's σ
+# A shard's evaluate reply: float64 bytes [users, metrics] in SHARD_EVAL_COLUMNS order, and the
+# users' top-10 lists as int64 bytes [users, 10] when they share them.
+SHARD_EVAL = "confide.shard-eval"
+SHARD_EVAL_COLUMNS = ("loss", *EVAL_METRICS, DIVERSITY10)
+SHARD_TOP10 = "confide.shard-top10"

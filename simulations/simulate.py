@@ -27,6 +27,7 @@ from shared.config import ConfigError, RunConfig, parse_override
 from shared.defaults import default_values
 from shared.records import CONFIG_FILE, read_rounds
 from shared.rundir import default_run_dir
+from shared.shards import shard_count
 from shared.split import split_for
 from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 from simulations.app_bundle import flower_app_dir
@@ -195,10 +196,12 @@ def run_simulation(
             print(f"confide: {err}", file=sys.stderr)
             return 2
     num_users = split_for(config).num_users
-    supernodes = supernodes or num_users
-    if supernodes > num_users:
+    nodes = shard_count(num_users, config.cohort_size)  # one per user, or one per shard
+    supernodes = supernodes or nodes
+    if supernodes > nodes:
+        shards = f" in {nodes} shards of {config.cohort_size}" if config.cohort_size > 1 else ""
         print(
-            f"confide: {supernodes} supernodes but the dataset has {num_users} users",
+            f"confide: {supernodes} supernodes but the dataset has {num_users} users{shards}",
             file=sys.stderr,
         )
         return 2

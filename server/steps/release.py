@@ -36,7 +36,7 @@ class UserLevelNoise(Step):
 
     phase = Phase.RELEASE
     # The noise is calibrated to updates of norm <= S: someone must have clipped them.
-    needs_one_of = ("ServerClip", "SecAggSum")
+    needs_one_of = ("ServerClip", "SecAggSum", "ShardValidation")
 
     def __init__(self, config: RunConfig, state: UserDPState) -> None:
         self.config = config

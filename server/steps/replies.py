@@ -10,11 +10,19 @@ from flwr.common import log
 from server.optimizers import ModelState
 from server.pipeline import Phase, Step
 from server.round import Reply, RoundState, SkipRound
+from server.shard_replies import decode_floats
 from server.validation import InvalidReply, ReplyValidator
 from shared.config import RunConfig
 from shared.privacy import clip_update
 from shared.records import InteractionLevel
-from shared.wire import BUDGET_EXHAUSTED, DP_EPSILON, DP_NOISE_MULTIPLIER, DP_STATUS
+from shared.wire import (
+    BUDGET_EXHAUSTED,
+    DP_EPSILON,
+    DP_NOISE_MULTIPLIER,
+    DP_STATUS,
+    SHARD_EPSILONS,
+    SHARD_NOISE_MULTIPLIERS,
+)
 
 
 class ReplyValidation(Step):
@@ -81,7 +89,7 @@ class DeviceReports(Step):
     """
 
     phase = Phase.REPLIES
-    must_follow = ("ReplyValidation",)
+    must_follow = ("ReplyValidation", "ShardValidation")
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -92,13 +100,17 @@ class DeviceReports(Step):
         trained = [r for r in replies if r.trained]
         self.seen = (
             rnd.number,
-            _reported(replies, DP_EPSILON),
-            _reported(trained, DP_NOISE_MULTIPLIER),
+            _reported(replies, DP_EPSILON, SHARD_EPSILONS),
+            _reported(trained, DP_NOISE_MULTIPLIER, SHARD_NOISE_MULTIPLIERS),
         )
+        singles = [r for r in replies if r.weight is None]
+        # Distinct devices: node ids, or a shard's user ids (``-1 - user``: apart from node ids).
         self.nodes_at_cap |= {
-            r.node_id for r in replies if r.metrics.get(DP_STATUS) == BUDGET_EXHAUSTED
+            r.node_id for r in singles if r.metrics.get(DP_STATUS) == BUDGET_EXHAUSTED
         }
-        rnd.note(budget_exhausted=len(replies) - len(trained))
+        self.nodes_at_cap |= {-1 - user for r in replies for user in r.declined}
+        declined = len(singles) - sum(1 for r in singles if r.trained)
+        rnd.note(budget_exhausted=declined + sum(len(r.declined) for r in replies))
         return replies
 
     def ledger_units(self, rnd: RoundState) -> dict[str, InteractionLevel]:
@@ -137,13 +149,16 @@ class DeviceReports(Step):
         }
 
 
-def _reported(replies: list[Reply], key: str) -> list[float]:
-    """A numeric metric the devices report, for the ledger only (never trusted); junk dropped."""
-    return [
-        float(value)
-        for r in replies
-        if isinstance(value := r.metrics.get(key), (int, float)) and 0 <= value < 1e6
-    ]
+def _reported(replies: list[Reply], key: str, shard_key: str) -> list[float]:
+    """A numeric metric the devices report, for the ledger only (never trusted); junk dropped.
+    A shard reports one value per user, as float64 bytes under ``shard_key``."""
+    values: list[float] = []
+    for r in replies:
+        if r.weight is not None:
+            values += [float(v) for v in decode_floats(r.metrics.get(shard_key))]
+        elif isinstance(value := r.metrics.get(key), (int, float)):
+            values.append(float(value))
+    return [v for v in values if 0 <= v < 1e6]
 
 
 class EnoughReplies(Step):
@@ -163,7 +178,7 @@ class EnoughReplies(Step):
         self.min_replies = min_replies
 
     def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
-        trained = sum(1 for r in replies if r.trained)
+        trained = sum(r.users for r in replies if r.trained)
         if not trained:
             raise SkipRound("no valid trained replies")  # as the sum step would say
         if trained < self.min_replies:

@@ -51,11 +51,15 @@ class PlaintextSum(Step):
         total = [np.zeros(shape, dtype=np.float64) for shape in self.model.shapes]
         weight = 0.0
         for reply in trained:
-            w = 1 if self.uniform else reply.num_examples
+            if reply.weight is not None:  # a shard: its users' weighted sum, already weighed
+                w, part_weight = 1.0, reply.weight
+            else:
+                w = part_weight = 1 if self.uniform else reply.num_examples
             for acc, part in zip(total, reply.update, strict=True):
                 acc += np.multiply(part, w, dtype=np.float64)
-            weight += w
-        return RoundSum(total=total, weight=weight, trained=len(trained))
+            weight += part_weight
+        users = sum(r.users for r in trained)
+        return RoundSum(total=total, weight=weight, trained=users)
 
 
 class SecAggSum(Step):

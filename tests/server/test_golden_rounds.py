@@ -4,6 +4,11 @@ The golden file was written by the one-object strategy this refactor replaced, d
 same scripted rounds (:mod:`tests.server.rounds_driver`): every sampled cohort and instruction,
 every metrics and ledger field must be identical; the model only to float32 rounding, because the
 pipeline sums updates in float64 where Flower's FedAvg summed models in float32.
+
+One deliberate change since: a round that asks fewer users than are available now draws them
+with the run's seed over user keys (server/population.py) instead of Flower's unseeded
+``ClientManager.sample``, so the ``secagg`` case's cohorts (6 of 12 nodes) were rewritten in the
+fixture; its sizes, instructions, metrics, ledger and models are the old strategy's still.
 """
 
 import json

@@ -112,9 +112,21 @@ def test_a_count_file_with_single_interaction_users_runs(tmp_path, capsys) -> No
 
 
 def test_a_cohort_size_the_simulation_cannot_honour_is_refused_in_one_line(capsys):
-    """The cohort engine runs only in `confide bench` so far: a run must not silently ignore it."""
+    """Shards have no SecAgg+ across them yet: a run must not silently drop either."""
     from simulations.cli import main
 
-    assert main(["simulate", "--config", "smoke", "--set", "cohort-size=8"]) == 2
+    assert (
+        main(["simulate", "--config", "smoke", "--set", "cohort-size=8", "--set", "secagg=true"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) <= 2 and "cohort-size 8" in err[0] and "set cohort-size = 1" in err[0]
+    assert len(err) <= 2 and "cohort-size 8" in err[0] and "set secagg = false" in err[0]
+
+
+def test_more_supernodes_than_shards_is_refused_in_one_line(capsys):
+    from simulations.cli import main
+
+    args = ["simulate", "--config", "smoke", "--set", "cohort-size=8", "--supernodes", "9"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "60 users in 8 shards of 8" in err[0]

@@ -1,0 +1,108 @@
+"""A simulated node that plays a shard of users (``cohort-size > 1``), on the cohort engine.
+
+Each round the server names which of the shard's users it drew (``SHARD_USERS``). The node
+trains them at once with :func:`client.cohort.train_shard`, which gives every user exactly the
+round its own device would compute (own embedding, optimizer state, negatives, DP-SGD sampling,
+noise, accountant and cap), keeps each user's state in its own file as a simulated device does
+(:class:`client.state.FileState`), clips each user's update to S under user-level DP (what
+:func:`client.mods.user_clipping_mod` does on a device), and replies with the SUM of the users'
+weighted updates and the per-user facts the server records
+(:func:`client.reply.shape_shard_fit_reply`).
+
+What it protects: every user's guarantee is the one-user-per-node guarantee against the released
+model (the same clipping, noise and accounting). Against the server it is weaker than one node
+per user: the server sees the shard's sum in the clear (no SecAgg+ across shards yet: refused
+by the config), which for a shard of one drawn user is that user's update. The node itself is
+the simulation host, which holds every user's data anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.client import NumPyClient
+
+from client import training_round
+from client.cohort import ShardUser, train_shard
+from client.policy import DevicePolicy
+from client.reply import shape_shard_evaluate_reply, shape_shard_fit_reply
+from client.state import FileState
+from shared.config import RunConfig
+from shared.privacy import clip_update
+from shared.records import DEVICES_DIR
+from shared.shards import shard_users
+from shared.split import LeaveOneOut
+from shared.wire import CLIP_NORM, PARTITION_ID, SERVER_ROUND, SHARD_USERS
+
+
+class ShardClient(NumPyClient):
+    def __init__(
+        self, config: RunConfig, split: LeaveOneOut, partition: int, policy: DevicePolicy
+    ) -> None:
+        if not config.out_dir:
+            raise ValueError(
+                "cohort-size > 1 keeps each user's state in the run directory: set out-dir "
+                "(confide simulate sets it)"
+            )
+        self.run_config = config
+        self.split = split
+        self.partition = partition
+        self.policy = policy
+        self.users = shard_users(partition, config.cohort_size, split.num_users)
+
+    def get_properties(self, config):
+        return {PARTITION_ID: self.partition}
+
+    def drawn(self, instructions) -> list[int]:
+        """The users the server drew from this shard; a ValueError if it names others."""
+        raw = instructions.get(SHARD_USERS)
+        if not isinstance(raw, bytes) or len(raw) % 8:
+            raise ValueError(f"{SHARD_USERS} must be int64 bytes of user ids")
+        users = np.frombuffer(raw, dtype=np.int64).tolist()
+        strangers = sorted(set(users) - set(self.users))
+        if strangers or len(set(users)) != len(users):
+            raise ValueError(
+                f"the server named users {strangers or 'twice'} for shard {self.partition}, "
+                f"which plays users {self.users.start}..{self.users.stop - 1}"
+            )
+        return users
+
+    def state(self, user: int) -> FileState:
+        return FileState(Path(self.run_config.out_dir) / DEVICES_DIR / f"user-{user}.npz")
+
+    def fit(self, parameters, config):
+        server_round = int(config[SERVER_ROUND])
+        users = self.drawn(config)
+        states = [self.state(u).at_round(server_round) for u in users]
+        shard = [
+            ShardUser(u, self.split.user_data(u), s.private_embedding(), s.privacy_history())
+            for u, s in zip(users, states, strict=True)
+        ]
+        results = train_shard(self.run_config, shard, server_round, parameters, self.policy)
+        clip = config.get(CLIP_NORM)
+        updates = []
+        for state, result in zip(states, results, strict=True):
+            state.save_fit(result, parameters)
+            update = [
+                np.asarray(new, dtype=np.float64) - old
+                for new, old in zip(result.global_arrays, parameters, strict=True)
+            ]
+            updates.append(update if clip is None else clip_update(update, float(clip))[0])
+        total, weight, metrics = shape_shard_fit_reply(self.run_config, users, results, updates)
+        return total, weight, metrics
+
+    def evaluate(self, parameters, config):
+        users = self.drawn(config)
+        after_fit = int(config[SERVER_ROUND]) + 1
+        evaluations = [
+            training_round.evaluate(
+                self.run_config,
+                self.split.user_data(u),
+                u,
+                parameters,
+                self.state(u).at_round(after_fit).private_embedding(),
+            )
+            for u in users
+        ]
+        return shape_shard_evaluate_reply(evaluations, self.policy.share_top_list)
