@@ -22,7 +22,7 @@ under interaction-level DP unless ``dp-reproducible-noise``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -158,13 +158,23 @@ class PlainBatches:
 
 
 def plain_batches(
-    config: RunConfig, users: Sequence[ShardUser], server_round: int, epoch: int, device
+    config: RunConfig,
+    users: Sequence[ShardUser],
+    server_round: int,
+    epoch: int,
+    device,
+    rng_for: Callable[[int], np.random.Generator] | None = None,
 ) -> PlainBatches:
-    """The rows and order :func:`client.training_round._local_epoch` would use, per user."""
+    """The rows and order :func:`client.training_round._local_epoch` would use, per user: from
+    the training stream of this round and epoch, or from ``rng_for(user_id)`` (personalization's
+    own stream)."""
     b = config.batch_size
     rows = []
     for user in users:
-        rng = train_negatives_rng(config.seed, user.user_id, server_round, epoch)
+        if rng_for is None:
+            rng = train_negatives_rng(config.seed, user.user_id, server_round, epoch)
+        else:
+            rng = rng_for(user.user_id)
         items, labels = training_examples(
             user.data.train_items, user.data.num_items, config.train_negatives, rng
         )

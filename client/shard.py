@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from flwr.client import NumPyClient
 
-from client import training_round
 from client.cohort import ShardUser, train_shard
 from client.policy import DevicePolicy
 from client.reply import shape_shard_evaluate_reply, shape_shard_fit_reply
+from client.shard_evaluation import evaluate_shard
 from client.state import FileState
 from shared.config import RunConfig
 from shared.privacy import clip_update
@@ -94,15 +94,12 @@ class ShardClient(NumPyClient):
 
     def evaluate(self, parameters, config):
         users = self.drawn(config)
-        after_fit = int(config[SERVER_ROUND]) + 1
-        evaluations = [
-            training_round.evaluate(
-                self.run_config,
-                self.split.user_data(u),
-                u,
-                parameters,
-                self.state(u).at_round(after_fit).private_embedding(),
+        after_fit = int(config[SERVER_ROUND]) + 1  # the states as this round's fit left them
+        shard = [
+            ShardUser(
+                u, self.split.user_data(u), self.state(u).at_round(after_fit).private_embedding()
             )
             for u in users
         ]
+        evaluations = evaluate_shard(self.run_config, shard, parameters)
         return shape_shard_evaluate_reply(evaluations, self.policy.share_top_list)

@@ -63,11 +63,27 @@ def evaluate_user_ranking(
     """:func:`evaluate_user`'s metrics and, from the same scores, the user's top ``k`` over the
     items they did not train on (``full_hr10``'s candidates), best first."""
     model.eval()
-    scores = model.score_all_items(user).numpy()
+    return ranking_from_scores(model.score_all_items(user).numpy(), data, k)
+
+
+def ranking_from_scores(
+    scores: np.ndarray, data: UserData, k: int = 10
+) -> tuple[dict[str, float], np.ndarray]:
+    """The four metrics and the top ``k`` unseen items from one user's scores of every item."""
     hr, nd = sampled_metrics(scores[data.test_item], scores[data.eval_negatives], k)
     full_hr, full_nd = full_ranking_metrics(scores, data.test_item, data.train_items, k)
     metrics = {HR10: hr, NDCG10: nd, FULL_HR10: full_hr, FULL_NDCG10: full_nd}
     return metrics, top_k_unseen(scores, data.train_items, k)
+
+
+def loss_from_scores(scores: np.ndarray, data: UserData) -> float:
+    """:func:`evaluation_loss` from the user's scores of every item (the same logits)."""
+    logits = torch.as_tensor(
+        np.concatenate([[scores[data.test_item]], scores[data.eval_negatives]])
+    )
+    labels = torch.zeros(len(logits), dtype=logits.dtype)
+    labels[0] = 1.0
+    return float(nn.functional.binary_cross_entropy_with_logits(logits, labels))
 
 
 def evaluation_loss(model: Recommender, user: int, data: UserData) -> float:

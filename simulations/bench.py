@@ -10,9 +10,11 @@ peak RSS is its own (docs/design.md §9):
 - ``cohort_*``: :func:`client.cohort.train_shard`, everything a node does for its shard except
   Flower (negatives, state in and out, accountants, ε caps);
 - ``flower_*``: a Confide simulation (Flower's Ray engine, one supernode per user, num_cpus=1)
-  of 2 rounds; the round time is the run's own record of round 2's fit phase (``fit_seconds``,
-  warm actors), so simulation startup and evaluation are not counted. Peak RSS there is the
-  largest sum of RSS over the process tree (SuperLink, SuperExec, Ray workers), sampled.
+  of 2 rounds; ``flower_cohort_*`` the same simulation with the cohort in two shards
+  (``cohort-size``: two supernodes, each training its users on the cohort engine). The round
+  time is the run's own record of round 2's fit phase (``fit_seconds``, warm actors), so
+  simulation startup and evaluation are not counted. Peak RSS there is the largest sum of
+  RSS over the process tree (SuperLink, SuperExec, Ray workers), sampled.
 
 ``users_per_s`` = users / seconds; ``ratio_to_floor`` = the floor's seconds / this row's seconds
 (1.0 is as fast as the floor; the plain floor for plain rows, the DP floor for DP rows).
@@ -42,7 +44,10 @@ ROWS = (
     "flower_dp_secagg",
     "cohort_plain",
     "cohort_dp",
+    "flower_cohort_plain",
+    "flower_cohort_dp",
 )
+FLOWER_SHARDS = 2  # flower_cohort_*: the cohort in two shards, one Ray actor (core) each
 QUICK = {"users": 16, "repeats": 1}
 FULL = {"users": 100, "repeats": 3}
 DP_SETTINGS = {"dp-interaction": True}  # σ, C, δ from the config (defaults: σ 1.0, C 1.0)
@@ -65,6 +70,9 @@ def row_values(spec: BenchSpec, row: str) -> dict[str, Any]:
         values |= DP_SETTINGS
     if row.endswith("_secagg"):
         values |= SECAGG_SETTINGS
+    values["cohort-size"] = (
+        -(-spec.users // FLOWER_SHARDS) if row.startswith("flower_cohort") else 1
+    )
     return values
 
 
@@ -162,7 +170,8 @@ def _flower_round(config, users: int) -> tuple[float, float]:
         sampler = _TreeRss()
         sampler.start()
         try:
-            code = run_simulation(config, changed, supernodes=users)
+            nodes = users if config.cohort_size <= 1 else -(-users // config.cohort_size)
+            code = run_simulation(config, changed, supernodes=nodes)
         finally:
             sampler.stop()
         if code:
