@@ -231,7 +231,9 @@ def _tree_rss_mb(root: int) -> float:
 
 
 # -- the parent: one subprocess per row, then bench.json and bench.png -----------------------------
-def run_bench(config, out: Path, *, quick: bool = False, users: int = 0) -> list[dict[str, Any]]:
+def run_bench(
+    config, out: Path, *, quick: bool = False, users: int = 0, rows: list[str] | None = None
+) -> list[dict[str, Any]]:
     preset = QUICK if quick else FULL
     users = users or (config.cohort_size if config.cohort_size > 1 else preset["users"])
     from shared.split import split_for
@@ -244,8 +246,11 @@ def run_bench(config, out: Path, *, quick: bool = False, users: int = 0) -> list
         )
     spec = BenchSpec(values=config.to_mapping(), users=users, repeats=preset["repeats"])
     out.mkdir(parents=True, exist_ok=True)
+    wanted = [r for r in ROWS if rows is None or r in rows]
+    # the floors always run: every ratio is to the floor measured in the same run
+    names = [r for r in ROWS if r.startswith("floor")] + [r for r in wanted if "floor" not in r]
     rows = []
-    for row in ROWS:
+    for row in names:
         print(f"[bench] {row}: {users} users ...", flush=True)
         rows.append({"name": row, "users": users, **_in_subprocess(spec, row)})
     floors = {"plain": _seconds(rows, "floor_plain"), "dp": _seconds(rows, "floor_dp")}

@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--users", type=int, default=0, help="cohort size (default: cohort-size if > 1, else 100)"
     )
+    bench.add_argument(
+        "--only", type=_rows, default=None, help="comma-separated rows (default: all)"
+    )
     membership = audit.add_parser(
         "membership",
         help="train one run with canaries and bound ε from below (Steinke, Nasr, Jagielski 2023)",
@@ -198,7 +201,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from simulations.bench import run_bench
 
-        run_bench(config, Path(args.out or "runs/bench"), quick=args.quick, users=args.users)
+        out = Path(args.out or "runs/bench")
+        run_bench(config, out, quick=args.quick, users=args.users, rows=args.only)
         return 0
     if args.command == "centralized":
         from simulations.centralized import run_centralized
@@ -238,6 +242,19 @@ def _sizes(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected sizes like 10,100, got {text!r}")
     return sizes
+
+
+def _rows(text: str) -> list[str]:
+    """``bench --only``: comma-separated row names, each one the bench has."""
+    from simulations.bench import ROWS
+
+    rows = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if not rows or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown bench rows {unknown or text!r}; the rows are {', '.join(ROWS)}"
+        )
+    return rows
 
 
 def _certs(directory: str, hosts: list[str], devices: str) -> int:
