@@ -3,14 +3,14 @@
     python -m simulations.research.scale_run --users 100000 --out runs/scale-100k [--set K=V ...]
 
 Runs ``confide simulate`` (Flower's real Ray engine) on the synthetic generator at ``--users``
-users with nodes that simulate shards (``cohort-size``, default: one shard per core), user-level
-DP at ``--epsilon`` (server noise, Poisson sampling at ``--fraction``) unless ``--set
-dp-user=false``, and samples the RSS of every process of the run (SuperLink, simulation, Ray
-workers and actors) every second, tagged with the last round the run has recorded. Writes
-``DIR/scale.json``: rounds per hour (from the rounds' fit phases, and from the wall time of the
-whole run, evaluations included), each process's RSS at round ``--from-round`` and at the last
-round and their ratio, the peak RSS of the tree, and the final HR@10 beside the popularity
-baseline's. The run directory itself is ``DIR/run``.
+users, with nodes that simulate shards (``cohort-size``; default: one shard per core), user-level
+DP at ``--epsilon`` (server noise, Poisson sampling at ``--fraction``; ``--epsilon 0``: no DP,
+``--fraction`` of the users each round). It samples the RSS of every process of the run
+(SuperLink, simulation, Ray workers and actors) every second, tagged with the last round the
+run has recorded, and writes ``DIR/scale.json``: rounds per hour (from the rounds' fit phases,
+and from the wall time of the whole run, evaluations included), each process's RSS at round
+``--from-round`` and at the last round and their ratio, the peak RSS of the tree, and the final
+HR@10 beside the popularity baseline's. The run directory itself is ``DIR/run``.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ def scale_settings(args: argparse.Namespace) -> list[str]:
         f"num-server-rounds={args.rounds}",
         f"eval-every={args.rounds}",
         f"cohort-size={args.cohort_size or -(-args.users // CORES)}",
-        "dp-user=true",
         f"fraction-fit={args.fraction}",
-        f"dp-user-target-epsilon={args.epsilon}",
         "min-fit-clients=1",
     ]
+    if args.epsilon > 0:  # user-level DP, server noise calibrated to reach ε after the rounds
+        settings += ["dp-user=true", f"dp-user-target-epsilon={args.epsilon}"]
     return settings + list(args.set or [])
 
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--fraction", type=float, default=0.01)
-    parser.add_argument("--epsilon", type=float, default=8.0)
+    parser.add_argument("--epsilon", type=float, default=8.0, help="0: no DP")
     parser.add_argument("--cohort-size", type=int, default=0)
     parser.add_argument("--from-round", type=int, default=5)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE")
