@@ -35,6 +35,7 @@ from shared.shards import shard_users
 from shared.wire import PARTITION_ID
 
 ASK = MessageTypeLegacy.GET_PROPERTIES  # what NumPyClient.get_properties answers
+MAX_ASKS = 3  # a node that never answers is given up on after this many asks
 # How long the one-off question may take: every node's ClientApp loads its data to answer it.
 DISCOVERY_TIMEOUT_S = 120.0
 
@@ -48,11 +49,17 @@ class Population:
     simulated: bool = True
     partitions: dict[int, int] = field(default_factory=dict)  # node id -> partition id
     deployed_nodes: set[int] = field(default_factory=set)  # met, and reported no partition
+    unanswered: dict[int, int] = field(default_factory=dict)  # node id -> times asked in vain
 
     def learn(self, clients: Iterable[ClientProxy]) -> None:
-        """Ask the nodes not met yet for their partition id (simulations only), all at once."""
+        """Ask the nodes not met yet for their partition id (simulations only), all at once.
+
+        A node that does not answer is asked again in later rounds, at most ``MAX_ASKS`` times
+        in all (each ask may wait ``DISCOVERY_TIMEOUT_S``); until it answers it is not sampled.
+        """
         new = [c for c in clients if c.node_id not in self.partitions]
         new = [c for c in new if c.node_id not in self.deployed_nodes]
+        new = [c for c in new if self.unanswered.get(c.node_id, 0) < MAX_ASKS]
         if not new:
             return
         if not self.simulated:
@@ -62,11 +69,12 @@ class Population:
         for client in new:
             partition = answers.get(client.node_id)
             if partition is None:
-                continue  # asked again next round
-            self.partitions[client.node_id] = partition
-        missing = len(new) - sum(1 for c in new if c.node_id in answers)
+                self.unanswered[client.node_id] = self.unanswered.get(client.node_id, 0) + 1
+            else:
+                self.partitions[client.node_id] = partition
+        missing = len(new) - len(answers)
         if missing:
-            log(WARNING, "[confide] %d nodes did not say their partition id yet", missing)
+            log(WARNING, "[confide] %d nodes did not say their partition id: not sampled", missing)
 
     def keys(self, clients: Iterable[ClientProxy]) -> dict[int, int]:
         """Sampling key -> node id for the given (available) nodes: user ids in a simulation,

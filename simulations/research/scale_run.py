@@ -2,11 +2,12 @@
 
     python -m simulations.research.scale_run --users 100000 --out runs/scale-100k [--set K=V ...]
 
-Runs ``confide simulate`` (Flower's real Ray engine) on the synthetic generator at ``--users``
-users, with nodes that simulate shards (``cohort-size``; default: one shard per core), user-level
-DP at ``--epsilon`` (server noise, Poisson sampling at ``--fraction``; ``--epsilon 0``: no DP,
-``--fraction`` of the users each round). It samples the RSS of every process of the run
-(SuperLink, simulation, Ray workers and actors) every second, tagged with the last round the
+Runs ``confide simulate`` (Flower's real Ray engine) on ``--config`` (by default the synthetic
+population of ``simulations/scale.toml``) at ``--users`` users, with nodes that simulate shards
+(``cohort-size``; default: one shard per core), user-level DP at ``--epsilon`` (server noise,
+Poisson sampling at ``--fraction``; ``--epsilon 0``: no DP, ``--fraction`` of the users each
+round). It samples the RSS of every process of the run (SuperLink, simulation, Ray workers and
+actors) every second, tagged with the last round the
 run has recorded, and writes ``DIR/scale.json``: rounds per hour (from the rounds' fit phases,
 and from the wall time of the whole run, evaluations included), each process's RSS at round
 ``--from-round`` and at the last round and their ratio, the peak RSS of the tree, and the final
@@ -32,14 +33,12 @@ CORES = 2
 
 def scale_settings(args: argparse.Namespace) -> list[str]:
     settings = [
-        "dataset=synthetic",
         f"synthetic-users={args.users}",
         f"synthetic-items={args.items}",
         f"num-server-rounds={args.rounds}",
         f"eval-every={args.rounds}",
         f"cohort-size={args.cohort_size or -(-args.users // CORES)}",
         f"fraction-fit={args.fraction}",
-        "min-fit-clients=1",
     ]
     if args.epsilon > 0:  # user-level DP, server noise calibrated to reach ε after the rounds
         settings += ["dp-user=true", f"dp-user-target-epsilon={args.epsilon}"]
@@ -125,6 +124,7 @@ def summarize(samples: list[dict[str, Any]], from_round: int, last_round: int) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="simulations/scale.toml")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--items", type=int, default=2_000)
     parser.add_argument("--rounds", type=int, default=50)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     run_dir = out / "run"
     settings = scale_settings(args)
-    config, changed = resolve_config(None, settings, str(run_dir))
+    config, changed = resolve_config(args.config, settings, str(run_dir))
     from simulations.simulate import run_simulation
 
     sampler = ProcessRss(os.getpid(), run_dir / "metrics.jsonl")

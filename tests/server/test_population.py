@@ -6,6 +6,7 @@ from server.population import Population, draw_count
 from server.round import RoundState
 from server.sampling import CountSampler, evaluation_cohort
 from shared.shards import shard_count, shard_users
+from tests.client.test_app import task_identity  # noqa: F401  (autouse: Flower's run id)
 from tests.conftest import small_config
 
 
@@ -88,3 +89,39 @@ def test_draw_count_is_uniform_without_replacement():
         counts[picked] += 1
     np.testing.assert_allclose(counts / 4000, 0.3, atol=0.03)
     assert draw_count([5, 1, 3], 7, rng) == [1, 3, 5]
+
+
+class AnsweringGrid:
+    """A grid whose nodes answer the partition question as simulated ClientApps do (with real
+    Flower messages); ``silent`` nodes never answer."""
+
+    def __init__(self, partitions: dict[int, int], silent=()) -> None:
+        self.partitions, self.silent, self.asked = partitions, set(silent), []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import Message
+        from flwr.common import Code, GetPropertiesRes, Status
+        from flwr.compat.common.recorddict_compat import getpropertiesres_to_recorddict
+
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.asked.append(node)
+            if node in self.silent:
+                continue
+            res = GetPropertiesRes(Status(Code.OK, ""), {"partition-id": self.partitions[node]})
+            replies.append(Message(getpropertiesres_to_recorddict(res), reply_to=msg))
+        return replies
+
+
+def test_nodes_say_their_partition_once_and_a_silent_one_is_given_up_on():
+    grid = AnsweringGrid({10: 0, 20: 1, 30: 2}, silent={30})
+    proxies = [Proxy(n) for n in (10, 20, 30)]
+    for p in proxies:
+        p.grid = grid
+    population = Population()
+    for _ in range(5):
+        population.learn(proxies)
+    assert population.partitions == {10: 0, 20: 1}
+    assert grid.asked.count(10) == 1 and grid.asked.count(30) == 3  # MAX_ASKS
+    assert population.keys(proxies) == {0: 10, 1: 20}
