@@ -96,8 +96,13 @@ def summarize_evaluation(
     results: list[tuple[ClientProxy, EvaluateRes]],
     failures: list[Any],
     catalogue: Catalogue | None = None,
+    asked: int = 0,
 ) -> tuple[float | None, dict[str, float], dict[str, Any]]:
-    """(mean loss, mean metrics, record fields); a reply with a malformed metric is dropped."""
+    """(mean loss, mean metrics, record fields); a reply with a malformed metric is dropped.
+
+    ``asked``: the devices asked to evaluate. One that did not answer within ``round-timeout``
+    is in neither list (Flower reports no failure for it), so it is counted from ``asked``.
+    """
     rows, diversities, lists = [], [], []
     for proxy, reply in results:
         try:
@@ -118,7 +123,7 @@ def summarize_evaluation(
             lists.append(top)
     fields: dict[str, Any] = {
         "eval_clients": len(rows),
-        "eval_failures": len(failures) + len(results) - len(rows),
+        "eval_failures": max(len(failures) + len(results), asked) - len(rows),
     }
     if not rows:
         return None, {}, fields

@@ -64,6 +64,7 @@ class ConfideStrategy(Strategy):
         self.catalogue = catalogue  # for the top-10 lists' coverage, Gini and novelty
         self.started = time.monotonic()
         self.round: RoundState | None = None  # the round in progress
+        self.eval_asked = 0  # users asked to evaluate in the evaluation in progress
 
     def run_round(self, flower_round: int) -> int:
         """The run's round number of Flower's ``flower_round`` (they differ after a resume)."""
@@ -137,6 +138,7 @@ class ConfideStrategy(Strategy):
         cohort = evaluation_cohort(self.config, self.population, client_manager, server_round, last)
         if not cohort.size:
             self._finish_round()
+        self.eval_asked = cohort.size  # a device that never answers is a failure too
         config: dict[str, Scalar] = {SERVER_ROUND: server_round}
         return self.instructions(cohort, lambda cfg: EvaluateIns(parameters, cfg), config)
 
@@ -150,7 +152,7 @@ class ConfideStrategy(Strategy):
         if self.config.cohort_size > 1:  # a shard's reply holds each of its users' results
             results, failures = expand_shard_evaluations(results, failures)
         loss, metrics, fields = summarize_evaluation(
-            server_round, results, failures, self.catalogue
+            server_round, results, failures, self.catalogue, asked=self.eval_asked
         )
         if self.round is not None:
             self.round.note(**fields)

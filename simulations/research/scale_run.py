@@ -10,7 +10,8 @@ round). It samples the RSS of every process of the run (SuperLink, simulation, R
 actors) every second, tagged with the last round the
 run has recorded, and writes ``DIR/scale.json``: rounds per hour (from the rounds' fit phases,
 and from the wall time of the whole run, evaluations included), each process's RSS at round
-``--from-round`` and at the last round and their ratio, the peak RSS of the tree, and the final
+``--from-round`` and in the last round's training and their ratio, its peak (the last
+evaluation's, which ranks every user), the peak RSS of the tree, and the final
 HR@10 beside the popularity baseline's. The run directory itself is ``DIR/run``.
 """
 
@@ -101,22 +102,28 @@ def _tree(root: int) -> dict[str, float]:
 
 
 def summarize(samples: list[dict[str, Any]], from_round: int, last_round: int) -> dict[str, Any]:
-    """Each process's RSS at ``from_round`` (first sample there) and at the last round."""
+    """Each process's RSS at ``from_round`` and in the last round's training, and its peak.
+
+    A sample is tagged with the rounds recorded so far, and the last round is recorded only after
+    its evaluation (which ranks every user: its memory is the evaluation's, not a leak), so the
+    last round's training is the first sample after round ``last_round - 1`` was recorded.
+    """
 
     def at(round_number: int) -> dict[str, float]:
         hits = [s for s in samples if s["round"] >= round_number]
         return hits[0]["rss_mb"] if hits else {}
 
-    start, end = at(from_round), at(last_round)
+    start, end = at(from_round), at(last_round - 1)
+    peaks: dict[str, float] = {}
+    for sample in samples:
+        for name, mb in sample["rss_mb"].items():
+            peaks[name] = max(peaks.get(name, 0.0), mb)
     processes = {
-        name: {
-            "from": round(start[name], 1),
-            "last": round(end[name], 1),
-            "ratio": round(end[name] / start[name], 3),
-        }  # fmt: skip
+        name: {"from": round(start[name], 1), "last_training": round(end[name], 1),
+               "ratio": round(end[name] / start[name], 3), "peak": round(peaks[name], 1)}
         for name in start
         if name in end and start[name] > 50  # the run's processes, not shells and helpers
-    }
+    }  # fmt: skip
     peak = max((sum(s["rss_mb"].values()) for s in samples), default=0.0)
     worst = max((p["ratio"] for p in processes.values()), default=None)
     return {"processes": processes, "max_ratio": worst, "peak_tree_rss_mb": round(peak, 1)}

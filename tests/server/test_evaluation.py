@@ -87,6 +87,16 @@ def test_accuracy_outside_unit_interval_is_still_refused():
     assert metrics == {} and fields["eval_failures"] == 1
 
 
+def test_devices_that_never_answered_count_as_failures():
+    """A device silent past round-timeout is in neither of Flower's lists; asked counts it."""
+    _, metrics, fields = summarize_evaluation(
+        1, results(reply(1.0, LIST_A)), [], Catalogue(NUM_ITEMS), asked=3
+    )
+    assert fields["eval_clients"] == 1 and fields["eval_failures"] == 2 and metrics[HR10] == 1.0
+    _, _, nobody = summarize_evaluation(1, [], [], Catalogue(NUM_ITEMS), asked=2)
+    assert nobody == {"eval_clients": 0, "eval_failures": 2}
+
+
 def test_parse_top_list_names_what_is_wrong():
     assert parse_top_list(LIST_B, NUM_ITEMS).tolist() == list(range(5, 15))
     with pytest.raises(ValueError, match="catalogue has 20"):
