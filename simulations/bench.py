@@ -205,6 +205,11 @@ class _TreeRss(threading.Thread):
 
 
 def _tree_rss_mb(root: int) -> float:
+    return sum(tree_rss(root).values())
+
+
+def tree_rss(root: int) -> dict[str, float]:
+    """``"pid name"`` -> RSS in MB for ``root`` and every process descended from it."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -219,15 +224,16 @@ def _tree_rss_mb(root: int) -> float:
         children = [c for c, p in parents.items() if p == pid and c not in tree]
         tree.update(children)
         frontier += children
-    total = 0
+    out: dict[str, float] = {}
     for pid in tree:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
         except OSError:
             continue
-    return total / 1024
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+        if "VmRSS" in fields:
+            out[f"{pid} {fields['Name'].strip()}"] = int(fields["VmRSS"].split()[0]) / 1024
+    return out
 
 
 # -- the parent: one subprocess per row, then bench.json and bench.png -----------------------------

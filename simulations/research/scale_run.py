@@ -28,6 +28,7 @@ from typing import Any
 
 from shared.config import resolve_config
 from shared.records import read_rounds
+from simulations.bench import tree_rss
 
 CORES = 2
 
@@ -58,7 +59,7 @@ class ProcessRss(threading.Thread):
     def run(self) -> None:
         while not self._halt.wait(1.0):
             self.samples.append({"t": time.monotonic(), "round": _rounds(self.metrics),
-                                 "rss_mb": _tree(self.root)})  # fmt: skip
+                                 "rss_mb": tree_rss(self.root)})  # fmt: skip
 
     def stop(self) -> None:
         self._halt.set()
@@ -70,35 +71,6 @@ def _rounds(metrics: Path) -> int:
         return sum(1 for line in metrics.read_text().splitlines() if line.strip())
     except OSError:
         return 0
-
-
-def _tree(root: int) -> dict[str, float]:
-    """``"pid name"`` -> RSS MB for ``root`` and its descendants."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int(
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [c for c, p in parents.items() if p == pid and c not in tree]
-        tree.update(children)
-        frontier += children
-    out: dict[str, float] = {}
-    for pid in tree:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text().splitlines()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status if ":" in line)
-        if "VmRSS" in fields:
-            out[f"{pid} {fields['Name'].strip()}"] = int(fields["VmRSS"].split()[0]) / 1024
-    return out
 
 
 def summarize(samples: list[dict[str, Any]], from_round: int, last_round: int) -> dict[str, Any]:
