@@ -88,6 +88,10 @@ def measure_row(spec: BenchSpec, row: str) -> dict[str, Any]:
         seconds, peak = _flower_round(config, spec.users)
         return {"seconds": seconds, "repeats": 1, "peak_rss_mb": peak}
     run = _prepare(config, row, spec.users)
+    # One untimed pass first: torch.func's first calls, Opacus' imports and first accountant
+    # curves would otherwise be timed as the row's work (with --quick's single repeat, the
+    # floor measured at 16 users was mostly that), while the Flower rows time a warm round 2.
+    run()
     times = []
     for _ in range(spec.repeats):
         start = time.perf_counter()
