@@ -106,12 +106,7 @@ def ask_partitions(clients: Sequence[ClientProxy]) -> dict[int, int]:
     """node id -> partition id, from one get-properties message per node, sent together."""
     grid = clients[0].grid  # Flower's GridClientProxy carries the run's grid
     content = getpropertiesins_to_recorddict(GetPropertiesIns(config={}))
-    messages = [
-        Message(
-            content=content, dst_node_id=c.node_id, message_type=MessageTypeLegacy.GET_PROPERTIES
-        )
-        for c in clients
-    ]
+    messages = [Message(content=content, dst_node_id=c.node_id, message_type=ASK) for c in clients]
     answers: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=DISCOVERY_TIMEOUT_S):
         if reply.has_error():

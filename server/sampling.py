@@ -71,12 +71,13 @@ def known_users(population: Population, clients: ClientManager) -> dict[int, int
 def count_cohort(
     population: Population,
     clients: ClientManager,
+    owners: Mapping[int, int],
     wanted: int,
     min_clients: int,
     rng: np.random.Generator,
 ) -> Cohort:
-    """Up to ``wanted`` of the known users, at least ``min_clients`` (else none, with a warning)."""
-    owners = known_users(population, clients)
+    """Up to ``wanted`` of the known users (``owners``: key -> node, from :func:`known_users`),
+    at least ``min_clients`` (else none, with a warning)."""
     if len(owners) < min_clients:
         log(WARNING, "only %d clients available, min-fit-clients is %d", len(owners), min_clients)
         return EMPTY
@@ -105,7 +106,8 @@ class CountSampler:
             log(WARNING, "cohort of %d capped at secagg-max-cohort %d", wanted, self.max_cohort)
             wanted = self.max_cohort
         rng = generator(self.config.seed, Stream.COHORT_SAMPLING, rnd.number)
-        return count_cohort(self.population, clients, wanted, self.config.min_fit_clients, rng)
+        min_clients = self.config.min_fit_clients
+        return count_cohort(self.population, clients, owners, wanted, min_clients, rng)
 
 
 class PoissonSampler:
@@ -146,4 +148,4 @@ def evaluation_cohort(
     owners = known_users(population, clients)
     wanted = config.eval_clients if config.eval_clients and not last else len(owners)
     rng = generator(config.seed, Stream.COHORT_SAMPLING, server_round, EVALUATE)
-    return count_cohort(population, clients, wanted, config.min_fit_clients, rng)
+    return count_cohort(population, clients, owners, wanted, config.min_fit_clients, rng)
