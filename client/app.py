@@ -10,7 +10,6 @@ between runs. A round is :mod:`client.training_round`; what its reply may reveal
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from flwr.app import Context
@@ -25,7 +24,6 @@ from client.shard import ShardClient
 from client.state import ContextState, DeviceState, FileState
 from client.store_adapter import STORE_PATH, StoreRun, uses_store
 from shared.config import RunConfig
-from shared.records import DEVICES_DIR
 from shared.shards import shard_count
 from shared.split import UserData, split_for
 from shared.wire import PARTITION_ID, SERVER_ROUND
@@ -107,7 +105,7 @@ def simulated_state(config: RunConfig, context: Context, user_id: int) -> Device
     simulation continues it (docs/design.md §6); in Flower's node state when the run has no
     directory the devices can see (``out-dir`` unset: ``flwr run .`` without confide)."""
     if config.out_dir:
-        return FileState(Path(config.out_dir) / DEVICES_DIR / f"user-{user_id}.npz")
+        return FileState.of_user(config.out_dir, user_id)
     return ContextState(context.state)
 
 

@@ -18,8 +18,6 @@ the simulation host, which holds every user's data anyway.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from flwr.client import NumPyClient
 
@@ -30,7 +28,6 @@ from client.shard_evaluation import evaluate_shard
 from client.state import FileState
 from shared.config import RunConfig
 from shared.privacy import clip_update
-from shared.records import DEVICES_DIR
 from shared.shards import shard_users
 from shared.split import LeaveOneOut
 from shared.wire import CLIP_NORM, PARTITION_ID, SERVER_ROUND, SHARD_USERS
@@ -69,7 +66,7 @@ class ShardClient(NumPyClient):
         return users
 
     def state(self, user: int) -> FileState:
-        return FileState(Path(self.run_config.out_dir) / DEVICES_DIR / f"user-{user}.npz")
+        return FileState.of_user(self.run_config.out_dir, user)
 
     def fit(self, parameters, config):
         server_round = int(config[SERVER_ROUND])

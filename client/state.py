@@ -29,6 +29,7 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from client.training_round import TrainResult
 from shared.privacy import PrivacyHistory
+from shared.records import DEVICES_DIR
 from shared.rundir import atomic_save_npz
 
 PRIVATE_RECORD = "confide.private-embedding"
@@ -121,6 +122,11 @@ class FileState:
 
     path: Path
     before_round: int | None = None  # None: the newest version
+
+    @classmethod
+    def of_user(cls, out_dir: str | Path, user: int) -> FileState:
+        """The state file of simulated user ``user`` in the run directory ``out_dir``."""
+        return cls(Path(out_dir) / DEVICES_DIR / f"user-{user}.npz")
 
     def at_round(self, server_round: int) -> FileState:
         """This state as a round ``server_round`` must see it: saved in rounds before it."""

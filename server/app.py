@@ -100,7 +100,7 @@ def build_round(
     optimizer = ServerOptimizer(config.strategy, model, names, config)  # owns the global model
     steps = [
         *(
-            [ShardValidation(validator, model, config.dp_user_clip_norm if config.dp_user else 0)]
+            [ShardValidation(validator, config.dp_user_clip_norm if config.dp_user else 0)]
             if shards
             else []
         ),  # fmt: skip

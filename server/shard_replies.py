@@ -25,7 +25,6 @@ import numpy as np
 from flwr.common import Code, EvaluateRes, Status, log, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 
-from server.optimizers import ModelState
 from server.pipeline import Phase, Step
 from server.round import Reply, RoundState
 from server.validation import InvalidReply, ReplyValidator, check_metrics
@@ -62,9 +61,8 @@ class ShardValidation(Step):
 
     phase = Phase.REPLIES
 
-    def __init__(self, validator: ReplyValidator, model: ModelState, clip_norm: float) -> None:
+    def __init__(self, validator: ReplyValidator, clip_norm: float) -> None:
         self.validator = validator
-        self.model = model
         self.clip_norm = clip_norm  # user-level DP's S (0: none), the bound each user clips to
 
     def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:

@@ -29,7 +29,7 @@ def _setup(clip=0.5):
     validator = ReplyValidator.for_global(
         ["item.weight", "bias"], arrays, max_num_examples=100, max_update_norm=10.0
     )
-    return ShardValidation(validator, ModelState(arrays), clip), ModelState(arrays)
+    return ShardValidation(validator, clip), ModelState(arrays)
 
 
 def _updates(n, norm, rng):
