@@ -404,8 +404,8 @@ def train_shard(
         plans = [plan_round(config, len(u.data.train_items)) for u in users]
         todo = []
         for u, (user, plan) in enumerate(zip(users, plans, strict=True)):
-            if _declines(config, policy, plan.history_after(user.history)):
-                results[u] = _declined(config, user, global_params, privates[u])
+            if declines(config, policy, plan.history_after(user.history)):
+                results[u] = declined_result(config, user, global_params, privates[u])
             else:
                 todo.append(u)
     else:
@@ -438,14 +438,14 @@ def _user_epsilon(config: RunConfig, history: PrivacyHistory) -> float:
     return _epsilon(history.entries, config.dp_delta, config.dp_accountant)
 
 
-def _declines(config: RunConfig, policy: DevicePolicy, after: PrivacyHistory) -> bool:
+def declines(config: RunConfig, policy: DevicePolicy, after: PrivacyHistory) -> bool:
     """Whether the user's ε after this round would pass the run's cap or its device's own."""
     cap = config.dp_epsilon_cap
     over_run_cap = cap and _user_epsilon(config, after) > cap
     return bool(over_run_cap) or policy.would_pass(after, config.dp_accountant)
 
 
-def _declined(config, user: ShardUser, global_params, private) -> TrainResult:
+def declined_result(config, user: ShardUser, global_params, private) -> TrainResult:
     return TrainResult(
         global_arrays=[np.array(a, copy=True) for a in global_params],
         private={k: np.array(v, copy=True) for k, v in private.items()},

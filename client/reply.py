@@ -125,6 +125,26 @@ def shape_shard_fit_reply(
         for acc, part in zip(total, updates[i], strict=True):
             acc += np.multiply(part, w, dtype=np.float64)
         weight += w
+    return (total, *_shard_fit_metrics(config, users, results, weight))
+
+
+def shape_pooled_shard_reply(
+    config: RunConfig,
+    users: Sequence[int],
+    results: Sequence[TrainResult],
+    total: Sequence[np.ndarray],
+) -> tuple[list[np.ndarray], int, Metrics]:
+    """A shard's fit reply in a pooled round (``dp-interaction-mode = "pooled"``): ``total`` is
+    already the sum of its trained users' parts (minus their clipped gradient sums), each user
+    weighing 1 as its device would (its reply is private)."""
+    weight = float(sum(1 for r in results if r.status == TRAINED))
+    return (list(total), *_shard_fit_metrics(config, users, results, weight))
+
+
+def _shard_fit_metrics(
+    config: RunConfig, users: Sequence[int], results: Sequence[TrainResult], weight: float
+) -> tuple[int, Metrics]:
+    trained = [i for i, r in enumerate(results) if r.status == TRAINED]
     metrics: Metrics = {SHARD_TRAINED: len(trained), SHARD_WEIGHT: weight}
     declined = [users[i] for i, r in enumerate(results) if r.status != TRAINED]
     metrics[SHARD_DECLINED] = np.asarray(declined, dtype=np.int64).tobytes()
@@ -137,7 +157,7 @@ def shape_shard_fit_reply(
         sigmas = [round(results[i].noise_multiplier, EPSILON_DECIMALS) for i in trained]
         metrics[SHARD_EPSILONS] = np.asarray(eps, dtype=np.float64).tobytes()
         metrics[SHARD_NOISE_MULTIPLIERS] = np.asarray(sigmas, dtype=np.float64).tobytes()
-    return total, int(sum(reply_weights)), metrics
+    return int(sum(reply_weights)), metrics
 
 
 def aggregation_weight(config: RunConfig, num_examples: int) -> float:

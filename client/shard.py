@@ -19,14 +19,23 @@ the simulation host, which holds every user's data anyway.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from flwr.client import NumPyClient
 
-from client.cohort import ShardUser, train_shard
+from client.cohort import ShardUser, declined_result, declines, fresh_private, train_shard
 from client.policy import DevicePolicy
-from client.reply import shape_shard_evaluate_reply, shape_shard_fit_reply
+from client.pooled import Member, pooled_round
+from client.reply import (
+    shape_pooled_shard_reply,
+    shape_shard_evaluate_reply,
+    shape_shard_fit_reply,
+)
 from client.shard_evaluation import evaluate_shard
 from client.state import FileState
+from client.training_round import TrainResult
 from shared.config import RunConfig
+from shared.models import build_model, load_global, private_names
+from shared.pooled import plan_pooled
 from shared.privacy import clip_update
 from shared.shards import shard_users
 from shared.split import LeaveOneOut
@@ -76,6 +85,13 @@ class ShardClient(NumPyClient):
             ShardUser(u, self.split.user_data(u), s.private_embedding(), s.privacy_history())
             for u, s in zip(users, states, strict=True)
         ]
+        if self.run_config.pooled:
+            results, total = pooled_shard(
+                self.run_config, shard, server_round, parameters, self.policy
+            )
+            for state, result in zip(states, results, strict=True):
+                state.save_fit(result, parameters)
+            return shape_pooled_shard_reply(self.run_config, users, results, total)
         results = train_shard(self.run_config, shard, server_round, parameters, self.policy)
         clip = config.get(CLIP_NORM)
         updates = []
@@ -100,3 +116,62 @@ class ShardClient(NumPyClient):
         ]
         evaluations = evaluate_shard(self.run_config, shard, parameters)
         return shape_shard_evaluate_reply(evaluations, self.policy.share_top_list)
+
+
+def pooled_shard(
+    config: RunConfig,
+    users: list[ShardUser],
+    server_round: int,
+    global_params,
+    policy: DevicePolicy,
+) -> tuple[list[TrainResult], list[np.ndarray]]:
+    """A pooled round (:mod:`client.pooled`) for the shard's drawn users at once: one model with
+    a private row per user who trains, one pooled backward pass. Returns every user's result (a
+    user at its budget declines, as its device would) and the global part of the trained users'
+    clipped gradient sum."""
+    policy.check_run(config)
+    plan = plan_pooled(config)
+    num_items = users[0].data.num_items if users else 0
+    results: list[TrainResult | None] = [None] * len(users)
+    privates = [
+        dict(u.private) if u.private is not None else fresh_private(config, num_items, u.user_id)
+        for u in users
+    ]
+    todo = []
+    for i, user in enumerate(users):
+        if declines(config, policy, plan.history_after(user.history)):
+            results[i] = declined_result(config, user, global_params, privates[i])
+        else:
+            todo.append(i)
+    model = build_model(
+        config.model,
+        max(len(todo), 1),
+        num_items,
+        dim=config.embedding_dim,
+        mlp_layers=config.layers,
+        seed=config.seed,
+        item_features=config.item_feature_matrix(num_items),
+    )
+    load_global(model, global_params)
+    params = dict(model.named_parameters())
+    with torch.no_grad():  # each trained user's own private rows, one row each
+        for row, i in enumerate(todo):
+            for name in private_names(model):
+                params[name][row] = torch.as_tensor(privates[i][name][0])
+    members = [Member(row, users[i].user_id, users[i].data) for row, i in enumerate(todo)]
+    total, sampled, loss = pooled_round(config, model, members, server_round, plan)
+    for row, i in enumerate(todo):
+        history = plan.history_after(users[i].history)
+        results[i] = TrainResult(
+            global_arrays=[],  # a shard sends the sum of its users' parts, not one model each
+            private={
+                name: params[name][row : row + 1].detach().numpy().copy()
+                for name in private_names(model)
+            },
+            loss=loss,
+            num_examples=len(users[i].data.train_items),
+            history=history,
+            epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
+            noise_multiplier=plan.noise_multiplier,
+        )
+    return [r for r in results if r is not None], [-t for t in total]

@@ -17,6 +17,7 @@ import torch
 
 from client.dp import plan_round, train_private
 from client.policy import DevicePolicy
+from client.pooled import Member, pooled_round
 from shared.beyond_accuracy import intra_list_diversity
 from shared.config import RunConfig
 from shared.item_vectors import item_tables, item_vectors
@@ -28,6 +29,7 @@ from shared.models import (
     private_names,
     private_state,
 )
+from shared.pooled import plan_pooled
 from shared.privacy import PrivacyHistory
 from shared.sequence_model import SASRec
 from shared.sequence_training import train_sequence_epoch, user_examples
@@ -121,7 +123,8 @@ def train(
     model = device_model(config, data.num_items, user_id, global_params, private, data.train_items)
     _seed_round(config, user_id, server_round)
     if config.dp_interaction:
-        return _train_dp(config, model, data, user_id, server_round, global_params, history, policy)
+        dp_round = _train_pooled if config.pooled else _train_dp
+        return dp_round(config, model, data, user_id, server_round, global_params, history, policy)
     lr = config.local_learning_rate(server_round)
     optimizer = make_optimizer(config.optimizer, model.parameters(), lr)
     losses = []
@@ -148,19 +151,8 @@ def _train_dp(
     policy: DevicePolicy,
 ) -> TrainResult:
     plan = plan_round(config, len(data.train_items))
-    after = plan.history_after(history)
-    cap = config.dp_epsilon_cap
-    over_run_cap = cap and after.epsilon(config.dp_delta, config.dp_accountant) > cap
-    if over_run_cap or policy.would_pass(after, config.dp_accountant):
-        return TrainResult(
-            global_arrays=[np.array(a, copy=True) for a in global_params],
-            private=private_state(model),
-            loss=float("nan"),
-            num_examples=len(data.train_items),
-            status=BUDGET_EXHAUSTED,
-            history=history,
-            epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
-        )
+    if _declines(config, policy, plan.history_after(history)):
+        return _declined(config, model, data, global_params, history)
     loss, history = train_private(config, model, data, user_id, server_round, plan, history)
     return TrainResult(
         global_arrays=global_arrays(model),
@@ -169,6 +161,59 @@ def _train_dp(
         num_examples=len(data.train_items),
         history=history,
         epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
+        noise_multiplier=plan.noise_multiplier,
+    )
+
+
+def _declines(config: RunConfig, policy: DevicePolicy, after: PrivacyHistory) -> bool:
+    """Whether the device's ε after this round would pass the run's cap or its owner's."""
+    cap = config.dp_epsilon_cap
+    over_run_cap = cap and after.epsilon(config.dp_delta, config.dp_accountant) > cap
+    return bool(over_run_cap) or policy.would_pass(after, config.dp_accountant)
+
+
+def _declined(config, model, data: UserData, global_params, history) -> TrainResult:
+    """A device at its budget: trains nothing, sends the model back unchanged."""
+    return TrainResult(
+        global_arrays=[np.array(a, copy=True) for a in global_params],
+        private=private_state(model),
+        loss=float("nan"),
+        num_examples=len(data.train_items),
+        status=BUDGET_EXHAUSTED,
+        history=history,
+        epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
+    )
+
+
+def _train_pooled(
+    config: RunConfig,
+    model: Recommender,
+    data: UserData,
+    user_id: int,
+    server_round: int,
+    global_params: Sequence[np.ndarray],
+    history: PrivacyHistory,
+    policy: DevicePolicy,
+) -> TrainResult:
+    """One pooled round (:mod:`client.pooled`): what leaves the device is the global model minus
+    its clipped gradient sum, so the update the server computes (new - old) is minus that sum,
+    and the server's mean of updates is a gradient step; the noise is added to the cohort's sum."""
+    plan = plan_pooled(config)
+    after = plan.history_after(history)
+    if _declines(config, policy, after):
+        return _declined(config, model, data, global_params, history)
+    member = Member(row=LOCAL_USER, user_id=user_id, data=data)
+    total, _, loss = pooled_round(config, model, [member], server_round, plan)
+    return TrainResult(
+        global_arrays=[  # in the model's dtype, as every reply's arrays are
+            (np.asarray(g, dtype=np.float64) - t).astype(g.dtype)
+            for g, t in zip(global_arrays(model), total, strict=True)
+        ],
+        private=private_state(model),
+        loss=loss,
+        num_examples=len(data.train_items),
+        history=after,
+        epsilon=after.epsilon(config.dp_delta, config.dp_accountant),
         noise_multiplier=plan.noise_multiplier,
     )
 

@@ -32,6 +32,7 @@ from server.steps import (
     ItemRowClip,
     MeanOfTrained,
     PlaintextSum,
+    PooledNoise,
     PrivacyLedger,
     ReplyValidation,
     RoundRecorder,
@@ -135,6 +136,8 @@ def build_round(
 
 def release(config: RunConfig, user: UserDPState):
     """The RELEASE step: the one place that decides who adds the noise (docs/design.md §4)."""
+    if config.pooled:
+        return PooledNoise(config)
     if not config.dp_user:
         return MeanOfTrained()
     return DeviceNoise(config, user) if config.device_noise else UserLevelNoise(config, user)

@@ -50,6 +50,15 @@ CAVEATS = {
     "its sampled negatives.",
     "embedding": "The private user embedding is trained inside the same DP-SGD steps (clipped and "
     "noised too): a non-private update of it would leak into later item updates.",
+    "pooled": 'Pooled interaction-level DP (dp-interaction-mode = "pooled"): each round is one '
+    "DP-SGD step over the cohort's pooled interactions. Every device Poisson-samples its "
+    "interactions at the run's rate (the same q for every device, so neither q nor ε reveals a "
+    "device's size), clips each one's gradient (global and private parameters jointly) and "
+    "sends the sum of the global part; the server adds N(0, (σC)²) once to the cohort's sum, "
+    "and each device adds the same noise to its private part before stepping its embedding. The "
+    "ε holds against whoever sees the released models, assuming the server adds the noise it "
+    "announces; NOT against the server, which sees each device's un-noised sum (under SecAgg+, "
+    "the cohort's exact sum).",
     "per_device": "Interaction-level ε is per device (each device has its own accountant and its "
     "ε grows with every round it trains); it is not a bound for the whole population.",
     "running_max": "The interaction-level ε max fell from {a} (round {r1}) to {b} (round {r2}) "
@@ -158,9 +167,10 @@ def _interaction(config: dict, ledger: Ledger, caveats: list[str]) -> dict[str, 
         return {"enabled": False, "unit": INTERACTION_UNIT}
     last = rows[-1][2]
     acc, poisson = _common(last, "Interaction-level", caveats)
-    caveats += [
-        CAVEATS[k] for k in ("normalize", "rounded", "negatives", "embedding", "per_device")
-    ]
+    mode = last.mode or "local-epochs"  # older ledgers: local DP-SGD epochs
+    source = last.noise_source or "device-local"
+    first = ("pooled",) if mode == "pooled" else ("normalize",)
+    caveats += [CAVEATS[k] for k in (*first, "rounded", "negatives", "embedding", "per_device")]
     # Only the devices that trained in a round report, so a round's max can fall: keep the max.
     reported = [(r, u) for _, r, u in rows if u.epsilon_max is not None]
     maxes = [u.epsilon_max for _, u in reported]
@@ -174,7 +184,11 @@ def _interaction(config: dict, ledger: Ledger, caveats: list[str]) -> dict[str, 
     return {
         "enabled": True,
         "unit": INTERACTION_UNIT,
-        "noise_source": "device-local",  # each device noises its own DP-SGD steps
+        "mode": mode,
+        "noise_source": source,  # device-local: each device noises its own DP-SGD steps
+        "holds_against": "released models (the server adds the noise: trusted)"
+        if source == "server"
+        else "released models and the server (each device noises its own updates)",
         "epsilon_max": eps_max,
         "epsilon_max_round": reported[maxes.index(eps_max)][0] if maxes else None,
         "epsilon_median": stats.epsilon_median,

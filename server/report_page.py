@@ -21,6 +21,11 @@ PROTECTS = {
     "built from them) can hardly tell whether any single rating of that device, with the "
     "negatives sampled for it, was in its training data: bounded by ε = {eps}, δ = {delta} per "
     "device. Each device keeps its own budget; the ε shown is the largest over all devices.",
+    "interaction_level_pooled": "Whoever sees the released global models can hardly tell "
+    "whether any single rating of a device, with the negatives sampled for it, was in its "
+    "training data: bounded by ε = {eps}, δ = {delta} per device. The server is trusted: it "
+    "sees each device's un-noised gradient sum and adds the noise itself. Each device keeps its "
+    "own budget; the ε shown is the largest over all devices.",
     "user_level": "Whoever sees the released global model can hardly tell whether one user took "
     "part at all, with all of their interactions: bounded by ε = {eps}, δ = {delta}. The server "
     "is trusted: it sees the clipped updates before the noise is added.",
@@ -29,6 +34,7 @@ PROTECTS = {
 TABLES = {
     "interaction_level": [
         ("Unit", "{unit}"),
+        ("Mode / noise added by", "{mode} / {noise_source}"),
         (
             "ε (max over devices, running max)",
             "{epsilon_max} (reached in round {epsilon_max_round})",
@@ -156,7 +162,8 @@ def page(report: dict[str, Any], png: bytes) -> str:
     ):
         unit = Formatted(report[key])
         eps = unit["epsilon_max" if key == "interaction_level" else "epsilon"]
-        what = PROTECTS[key].format(eps=eps, delta=unit["delta"])
+        pooled = key == "interaction_level" and report[key].get("mode") == "pooled"
+        what = PROTECTS[f"{key}_pooled" if pooled else key].format(eps=eps, delta=unit["delta"])
         if not report[key]["enabled"]:
             what = "Off in this run: no guarantee for this unit, and no ε is claimed."
         rows = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in table(report, key))

@@ -31,6 +31,7 @@ from shared.secagg import SecAggConfigError, SecAggPlan, plan_secagg
 
 STRATEGIES = ("fedavg", "fedadam", "itemsum")
 NOISE_SOURCES = ("server", "devices")
+INTERACTION_MODES = ("local-epochs", "pooled")
 _LAYERS = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")  # mlp-layers: widths, ASCII digits only
 CANARY_UNITS = ("user", "interaction")
 OPTIMIZERS = ("adam", "sgd")
@@ -101,6 +102,8 @@ class RunConfig:
     dp_delta: float
     dp_epsilon_cap: float
     dp_accountant: str
+    dp_interaction_mode: str  # "local-epochs" | "pooled" (client/pooled.py)
+    dp_pooled_sample_rate: float  # pooled: Poisson rate of each interaction per round
     dp_reproducible_noise: bool  # RESEARCH ONLY: DP randomness from the run seed (not secret)
     # user-level DP: DP-FedAvg (clip each update on the device, noise on the server)
     dp_user: bool
@@ -205,6 +208,12 @@ class RunConfig:
         count), and under user-level DP or SecAgg+ no aggregation rule needs them.
         """
         return self.dp_interaction or self.dp_user or self.secagg
+
+    @property
+    def pooled(self) -> bool:
+        """Whether interaction-level DP runs pooled: one clipped gradient sum per device and
+        round, noised once on the cohort's sum (client/pooled.py, docs/design.md §4)."""
+        return self.dp_interaction and self.dp_interaction_mode == "pooled"
 
     @property
     def device_noise(self) -> bool:
@@ -398,11 +407,41 @@ class RunConfig:
                 "dp-interaction is on but neither dp-noise-multiplier nor dp-target-epsilon is "
                 "set: with no noise there is no privacy; set one of them"
             )
+        self._validate_pooled()
         if self.dp_user and self.dp_user_noise_multiplier == 0 and self.dp_user_target_epsilon == 0:
             raise ConfigError(
                 "dp-user is on but neither dp-user-noise-multiplier nor dp-user-target-epsilon is "
                 "set: with no noise there is no privacy; set one of them"
             )
+
+    def _validate_pooled(self) -> None:
+        _one_of("dp-interaction-mode", self.dp_interaction_mode, INTERACTION_MODES)
+        if not 0 < self.dp_pooled_sample_rate <= 1:
+            raise ConfigError(
+                "dp-pooled-sample-rate is each interaction's chance to be in a round's gradient "
+                f"sum: use a value in (0, 1], e.g. 0.1; got {self.dp_pooled_sample_rate!r}"
+            )
+        if self.dp_interaction_mode != "pooled":
+            return
+        refused = [
+            (
+                not self.dp_interaction,
+                "it is a way to run interaction-level DP: set dp-interaction = true",
+            ),
+            (
+                self.dp_user,
+                "pooled gradients under user-level DP too (a user-level clip of each device's "
+                'gradient sum) is not built: use dp-interaction-mode = "local-epochs" with dp-user',
+            ),
+            (
+                self.strategy == "itemsum",
+                "the server steps on the mean of the devices' gradient sums, and item-sum would "
+                'add item rows unscaled: use strategy = "fedadam" (or "fedavg")',
+            ),
+        ]
+        for hit, why in refused:
+            if hit:
+                raise ConfigError(f'dp-interaction-mode = "pooled": {why}')
 
     def _validate_noise_source(self) -> None:
         _one_of("dp-noise-source", self.dp_noise_source, NOISE_SOURCES)

@@ -186,9 +186,11 @@ class InteractionLevel(_Unit):
     noise_multiplier_max: float | None = None
     devices_at_cap: int | None = None  # distinct devices that declined so far (cumulative)
     budget_exhausted: int | None = None  # devices that declined this round
-    noise_source: str | None = None  # "device-local": each device noises its own DP-SGD steps
+    noise_source: str | None = None  # "device-local" (each device noises its own steps) | "server"
+    mode: str | None = None  # "local-epochs" | "pooled" (absent in older ledgers: local-epochs)
+    noise_stddev: float | None = None  # pooled: σC, on every coordinate of the cohort's sum
     extra: Mapping[str, Any] = field(default_factory=dict)
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"noise_source"})
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"noise_source", "mode", "noise_stddev"})
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ class Stream(IntEnum):
     AUDIT_CANARIES = 21  # the membership audit's canaries: coins, items, reference items
     AUDIT_POISON = 22  # the poisoning audit: which devices attack, and the item they promote
     COHORT_SAMPLING = 23  # which users a round without user-level DP (or an evaluation) asks
+    POOLED_DEVICE = 24  # pooled DP: a device's Poisson sample and private noise (research runs)
+    POOLED_NOISE = 25  # pooled DP: the server's noise on the cohort's sum (research runs)
 
 
 # A round's epochs get indices ``round * EPOCHS_PER_ROUND + epoch``; personalization (before

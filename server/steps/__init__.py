@@ -5,7 +5,7 @@
 
 from server.steps.optimizer import ServerOptimizer
 from server.steps.records import PrivacyLedger, RoundRecorder
-from server.steps.release import DeviceNoise, MeanOfTrained, UserLevelNoise
+from server.steps.release import DeviceNoise, MeanOfTrained, PooledNoise, UserLevelNoise
 from server.steps.replies import (
     DeviceReports,
     EnoughReplies,
@@ -22,6 +22,7 @@ __all__ = [
     "ItemRowClip",
     "MeanOfTrained",
     "PlaintextSum",
+    "PooledNoise",
     "PrivacyLedger",
     "ReplyValidation",
     "RoundRecorder",

@@ -1,8 +1,9 @@
 """RELEASE-phase steps: the round's sum becomes its released average update.
 
 This is the one place that decides who adds the noise: nobody (:class:`MeanOfTrained`), the
-server (:class:`UserLevelNoise`, DP-FedAvg), or the devices under SecAgg+ (:class:`DeviceNoise`,
-which adds nothing and records the noise the survivors added).
+server (:class:`UserLevelNoise`, DP-FedAvg; :class:`PooledNoise`, one DP-SGD step over the
+cohort's pooled interactions), or the devices under SecAgg+ (:class:`DeviceNoise`, which adds
+nothing and records the noise the survivors added).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import math
 
 from server.pipeline import Phase, Step
 from server.round import Aggregate, RoundState, RoundSum
-from server.user_dp import DeviceNoiseDP, UserDPState
+from server.user_dp import DeviceNoiseDP, UserDPState, mechanism_rng
 from shared.config import RunConfig
+from shared.pooled import plan_pooled
 from shared.records import UserLevel
+from shared.streams import Stream
 from shared.wire import CLIP_NORM, NOISE_MU
 
 
@@ -24,6 +27,32 @@ class MeanOfTrained(Step):
 
     def release(self, rnd: RoundState, total: RoundSum) -> Aggregate:
         return Aggregate(update=[t / total.weight for t in total.total], cohort=total.trained)
+
+
+class PooledNoise(Step):
+    """Pooled interaction-level DP (:mod:`shared.pooled`): N(0, (σC)²) once on the cohort's sum.
+
+    Every device that trained sent minus the sum of its clipped per-interaction gradients (its
+    update); this adds the noise of one DP-SGD step to their sum and divides by the number of
+    devices that trained, a count no interaction can change (in this mode a device declines by
+    its accountant alone, which its data does not move). The server optimizer then steps on it.
+    The noise is secret (OS entropy) unless ``dp-reproducible-noise``. Against the server it
+    protects nothing: the server sees each device's sum (or, under SecAgg+, the cohort's exact
+    sum) before adding it, and the devices' ε assumes it adds what the plan says.
+    """
+
+    phase = Phase.RELEASE
+    needs_one_of = ("ReplyValidation", "ShardValidation", "SecAggSum")
+
+    def __init__(self, config: RunConfig) -> None:
+        self.plan = plan_pooled(config)
+        self.seed = config.seed if config.dp_reproducible_noise else None
+
+    def release(self, rnd: RoundState, total: RoundSum) -> Aggregate:
+        rng = mechanism_rng(self.seed, Stream.POOLED_NOISE, rnd.number)
+        std = self.plan.noise_stddev
+        noised = [(t + rng.normal(0.0, std, size=t.shape)) / total.weight for t in total.total]
+        return Aggregate(update=noised, cohort=total.trained)
 
 
 class UserLevelNoise(Step):

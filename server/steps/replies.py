@@ -13,6 +13,7 @@ from server.round import Reply, RoundState, SkipRound
 from server.shard_replies import decode_floats
 from server.validation import InvalidReply, ReplyValidator
 from shared.config import RunConfig
+from shared.pooled import plan_pooled
 from shared.privacy import clip_update
 from shared.records import InteractionLevel
 from shared.wire import (
@@ -120,21 +121,16 @@ class DeviceReports(Step):
         number, eps, sigmas = self.seen
         if number != rnd.number:  # no replies this round
             eps, sigmas = [], []
+        rules = _pooled_rules(cfg) if cfg.pooled else _local_rules(cfg)
         return {
             "interaction_level": InteractionLevel(
                 enabled=True,
                 accountant=cfg.dp_accountant,
-                noise_multiplier=cfg.dp_noise_multiplier if not cfg.dp_target_epsilon else None,
                 target_epsilon=cfg.dp_target_epsilon or None,
                 max_grad_norm=cfg.dp_max_grad_norm,
                 delta=cfg.dp_delta,
                 epsilon_cap=cfg.dp_epsilon_cap or None,
                 sampling="poisson",
-                # Per-device q and steps depend on the device's data size, which stays private:
-                # only how they are derived is recorded.
-                sample_rate_rule=f"batch-size / n per device (batch-size {cfg.batch_size})",
-                steps_rule="local-epochs x ceil(n / batch-size)",
-                local_epochs=cfg.local_epochs,
                 devices_reporting=len(eps),
                 epsilon_min=min(eps) if eps else None,
                 epsilon_median=float(np.median(eps)) if eps else None,
@@ -145,8 +141,35 @@ class DeviceReports(Step):
                 noise_multiplier_max=max(sigmas) if sigmas else None,
                 devices_at_cap=len(self.nodes_at_cap),
                 budget_exhausted=rnd.record.budget_exhausted or 0,
+                **rules,
             )
         }
+
+
+def _local_rules(cfg: RunConfig) -> dict:
+    """Local DP-SGD epochs: each device's q and steps depend on its data size, which stays
+    private, so only how they are derived is recorded (and σ, unless a target ε sets it per
+    device)."""
+    return {
+        "noise_multiplier": cfg.dp_noise_multiplier if not cfg.dp_target_epsilon else None,
+        "sample_rate_rule": f"batch-size / n per device (batch-size {cfg.batch_size})",
+        "steps_rule": "local-epochs x ceil(n / batch-size)",
+        "local_epochs": cfg.local_epochs,
+        # noise_source absent: device-local (the ledger's rows stay as they were)
+    }
+
+
+def _pooled_rules(cfg: RunConfig) -> dict:
+    """Pooled: one σ, q and step for every device; the server adds the noise (σC) to the sum."""
+    plan = plan_pooled(cfg)
+    return {
+        "noise_multiplier": plan.noise_multiplier,
+        "sample_rate_rule": f"dp-pooled-sample-rate {plan.sample_rate:g} for every device",
+        "steps_rule": "1 per round the device trains",
+        "noise_source": "server",
+        "mode": "pooled",
+        "noise_stddev": plan.noise_stddev,
+    }
 
 
 def _reported(replies: list[Reply], key: str, shard_key: str) -> list[float]:

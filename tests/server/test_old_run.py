@@ -19,9 +19,10 @@ def test_report_of_a_checked_in_run_is_what_todays_code_wrote(tmp_path, name):
     got = json.loads(json.dumps(build_report(run)))
     # Added since the fixture was written (issue 11): who added the noise, and against whom the
     # user-level ε holds. An old ledger has no noise_source: the server added it.
+    # The interaction level's mode (local epochs or pooled) and against whom its ε holds.
     # Issue 15: the beyond-accuracy figures and popularity's, none of which an old run recorded.
     new_keys = {
-        "interaction_level": ("noise_source",),
+        "interaction_level": ("noise_source", "mode", "holds_against"),
         "user_level": ("noise_source", "holds_against"),
         "utility": (*BEYOND_ACCURACY, "popularity"),
     }
@@ -33,6 +34,7 @@ def test_report_of_a_checked_in_run_is_what_todays_code_wrote(tmp_path, name):
         assert added["user_level"]["holds_against"] == "released models (the server is trusted)"
     if got["interaction_level"]["enabled"]:
         assert added["interaction_level"]["noise_source"] == "device-local"
+        assert added["interaction_level"]["mode"] == "local-epochs"  # the only mode then
     if name == "run-2026-12":
         assert expected["user_level"]["epsilon"] == 3.188991562633588
         assert expected["run"]["stopped"].startswith("user-level epsilon cap 3.5 reached")

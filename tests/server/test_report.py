@@ -374,3 +374,32 @@ def test_a_malformed_data_summary_is_named(tmp_path):
     (run / "data.json").write_text("{not json")
     with pytest.raises(ReportError, match="data.json:1: malformed JSON"):
         build_report(run)
+
+
+def test_a_pooled_run_says_the_server_added_the_noise_and_is_trusted(tmp_path):
+    pooled = interaction(0.4, 0.4, 0.4) | {
+        "mode": "pooled",
+        "noise_source": "server",
+        "noise_stddev": 0.9,
+        "sample_rate_rule": "dp-pooled-sample-rate 0.1 for every device",
+    }
+    run = make_run(tmp_path, "pooled", {"dp-interaction": True}, [ledger_line(1, pooled, OFF)])
+    privacy, page = _report(run)
+    inter = privacy["interaction_level"]
+    assert (inter["mode"], inter["noise_source"]) == ("pooled", "server")
+    assert inter["holds_against"] == "released models (the server adds the noise: trusted)"
+    caveats = " ".join(privacy["caveats"])
+    assert "Pooled interaction-level DP" in caveats and "NOT against the server" in caveats
+    assert "opacus issue #819" not in caveats  # a fixed denominator: that caveat is local-only
+    assert "The server is trusted" in page and "pooled / server" in page
+    # a ledger from before the mode existed reads as local epochs, noised on the device
+    older = _report(
+        make_run(
+            tmp_path,
+            "older",
+            {"dp-interaction": True},
+            [ledger_line(1, interaction(0.4, 0.4, 0.4), OFF)],
+        )
+    )[0]
+    assert older["interaction_level"]["mode"] == "local-epochs"
+    assert older["interaction_level"]["holds_against"].endswith("noises its own updates)")

@@ -209,3 +209,30 @@ def test_device_noise_plans_for_the_reconstruction_threshold_by_default():
     config = small_config(dp_noise_source="devices", secagg=True, dp_user=True)
     assert config.device_noise and config.noise_min_survivors == 4
     assert small_config(dp_user=True).device_noise is False
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dp_interaction_mode": "pooled"}, "set dp-interaction = true"),
+        ({"dp_interaction_mode": "batched"}, "dp-interaction-mode must be one of"),
+        ({"dp_interaction": True, "dp_pooled_sample_rate": 0.0}, "use a value in \\(0, 1\\]"),
+        (
+            {"dp_interaction": True, "dp_interaction_mode": "pooled", "strategy": "itemsum"},
+            'use strategy = "fedadam"',
+        ),
+        (
+            {"dp_interaction": True, "dp_interaction_mode": "pooled", "dp_user": True},
+            'use dp-interaction-mode = "local-epochs" with dp-user',
+        ),
+    ],
+)
+def test_pooled_mode_refuses_what_it_cannot_do(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        small_config(**changes)
+
+
+def test_pooled_mode_is_a_property_of_interaction_level_dp():
+    assert not small_config().pooled
+    assert not small_config(dp_interaction=True).pooled  # local epochs stay the default
+    assert small_config(dp_interaction=True, dp_interaction_mode="pooled").pooled

@@ -11,6 +11,8 @@ import json
 import numpy as np
 import pytest
 
+from shared.privacy import epsilon
+from shared.wire import EPSILON_DECIMALS
 from tests.conftest import read_jsonl, run_confide
 
 pytestmark = pytest.mark.slow
@@ -25,6 +27,16 @@ CASES = {
         "fraction-fit": 0.4,
         "dp-user-noise-multiplier": 1.0,
         "dp-user-clip-norm": 0.5,
+        "dp-reproducible-noise": "true",
+    },
+    # pooled interaction-level DP: one clipped gradient sum per user, the noise on the sum
+    "pooled": {
+        "dp-interaction": "true",
+        "dp-interaction-mode": "pooled",
+        "strategy": "fedadam",
+        "server-learning-rate": 0.01,
+        "dp-noise-multiplier": 1.0,
+        "dp-pooled-sample-rate": 0.3,
         "dp-reproducible-noise": "true",
     },
 }
@@ -64,6 +76,13 @@ def test_shards_train_what_one_user_per_node_trains(tmp_path, case):
         for a, b in zip(*ledgers, strict=True):
             assert b["user_level"]["epsilon"] == pytest.approx(a["user_level"]["epsilon"])
             assert b["user_level"]["sampled"] == a["user_level"]["sampled"]
+    if case == "pooled":  # every user in both rounds: one step at (σ 1, q 0.3) per round
+        want = round(epsilon([(1.0, 0.3, 2)], 1e-5), EPSILON_DECIMALS)
+        for ledger in (read_jsonl(d / "privacy_ledger.jsonl") for d in (single, shards)):
+            unit = ledger[-1]["interaction_level"]
+            assert (unit["mode"], unit["noise_source"]) == ("pooled", "server")
+            assert unit["epsilon_min"] == unit["epsilon_max"] == want
+            assert unit["devices_reporting"] == 40
 
 
 def test_shards_report_each_users_interaction_level_epsilon(tmp_path):
