@@ -11,6 +11,11 @@ counts, accounted with the runs' accountant; computed in this process, no simula
 
     python -m simulations.research.privacy_utility --data-dir ../shared/data/ml-100k --out runs/pu
     python -m simulations.research.privacy_utility ... --only none,interaction-8  # some rows
+
+The pooled rows (``pooled-1/4/8``: interaction level, one DP-SGD step over the cohort's pooled
+batch each round, docs/design.md §4) run their own config (``--pooled-config``, default
+``ml-100k-pooled.toml``: every device every round, server Adam), since local epochs' learning
+settings do not carry over to one gradient step a round; the same split and evaluation.
 """
 
 from __future__ import annotations
@@ -39,9 +44,31 @@ EPSILONS = (1, 4, 8)
 @dataclass(frozen=True)
 class Row:
     name: str
-    unit: str  # "none", "interaction" or "user"
+    unit: str  # "none", "interaction", "interaction-pooled" or "user"
     target_epsilon: float | None
     overrides: dict[str, Any] = field(default_factory=dict)
+    config: Path | None = None  # the row's own config file (else the sweep's base config)
+
+
+def pooled_rows(config_path: Path, common: list[str]) -> list[Row]:
+    """Pooled interaction-level DP at each ε: every device plans for every round of its config
+    (it takes part in all of them) and stops at its cap."""
+    rounds = resolve_config(str(config_path), common, None)[0].num_server_rounds
+    return [
+        Row(
+            f"pooled-{eps}",
+            "interaction-pooled",
+            eps,
+            {
+                "dp-target-epsilon": float(eps),
+                "dp-planned-participations": rounds,
+                "dp-epsilon-cap": float(eps),
+                "dp-delta": 1e-5,
+            },
+            config=config_path,
+        )
+        for eps in EPSILONS
+    ]
 
 
 def default_rows(rounds: int, clients_per_round: int, population: int) -> list[Row]:
@@ -95,7 +122,8 @@ def _finished(run_dir: Path) -> bool:
 
 
 def run_row(row: Row, base_config: Path, common: list[str], out: Path) -> int:
-    argv = ["simulate", "--config", str(base_config), "--out", str(out / row.name)]
+    config = row.config or base_config
+    argv = ["simulate", "--config", str(config), "--out", str(out / row.name)]
     for key, value in row.overrides.items():
         argv += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
     for text in common:
@@ -123,7 +151,7 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
     if row.unit == "none":
         return summary
     report = write_report(run_dir)
-    if row.unit == "interaction":
+    if row.unit.startswith("interaction"):
         unit = report["interaction_level"]
         summary.update(
             epsilon=unit["epsilon_max"],
@@ -229,7 +257,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         [(HR10, FULL_HR10, "HR@10"), (NDCG10, FULL_NDCG10, "NDCG@10")],
         strict=True,
     ):
-        for unit, marker in (("interaction", "o"), ("user", "s")):
+        for unit, marker in (("interaction", "o"), ("interaction-pooled", "^"), ("user", "s")):
             points = sorted(
                 (r["target_epsilon"], r[sampled], r[full]) for r in rows if r["unit"] == unit
             )
@@ -280,11 +308,17 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config key in every row (repeatable)",
     )
     parser.add_argument("--population", type=int, default=943, help="devices (users) N")
+    parser.add_argument(
+        "--pooled-config",
+        default=str(CONFIG_DIR / "ml-100k-pooled.toml"),
+        help="config of the pooled interaction-level rows",
+    )
     args = parser.parse_args(argv)
 
     common = list(args.set) + ([f"data-dir={args.data_dir}"] if args.data_dir else [])
     base, _ = resolve_config(args.config, common, None)
     rows = default_rows(base.num_server_rounds, base.clients_per_round, args.population)
+    rows += pooled_rows(Path(args.pooled_config), common)
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {r.name for r in rows}
@@ -302,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[sweep] {row.name}: simulation failed (exit {code})", file=sys.stderr)
             return code
     every = default_rows(base.num_server_rounds, base.clients_per_round, args.population)
+    every += pooled_rows(Path(args.pooled_config), common)
     done = [r for r in every if _finished(out / r.name)]
     summaries = [summarize(r, out / r.name) for r in done] + popularity_rows(base)
     (out / "table.json").write_text(json.dumps(summaries, indent=2) + "\n")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.config import RunConfig
+from shared.config import RunConfig, resolve_config
 from shared.defaults import default_values
 from simulations.research.privacy_utility import default_rows, main
 from tests.server.test_report import OFF, interaction, ledger_line, make_run, user
@@ -105,3 +105,18 @@ def test_unknown_row_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--only", "interaction-2"])
     assert "unknown rows ['interaction-2']" in capsys.readouterr().err
+
+
+def test_pooled_rows_run_their_own_config_planned_for_every_round():
+    from simulations.configs import CONFIG_DIR
+    from simulations.research.privacy_utility import pooled_rows
+
+    path = CONFIG_DIR / "ml-100k-pooled.toml"
+    rows = pooled_rows(path, ["num-server-rounds=120"])
+    assert [r.name for r in rows] == ["pooled-1", "pooled-4", "pooled-8"]
+    for row in rows:
+        assert row.config == path and row.unit == "interaction-pooled"
+        config, _ = resolve_config(str(path), [f"{k}={v}" for k, v in row.overrides.items()], None)
+        assert config.pooled and config.fraction_fit == 1.0 and not config.clients_per_round
+        assert config.dp_planned_participations == 120  # every device takes part in every round
+        assert config.dp_epsilon_cap == config.dp_target_epsilon == row.target_epsilon
