@@ -33,3 +33,39 @@ def test_smoke_secagg_runs_and_a_halted_round_is_in_the_ledger(tmp_path):
     assert ledger[1]["user_level"]["rounds_accounted"] == 2
     assert ledger[1]["user_level"]["epsilon"] == pytest.approx(epsilon([(1.0, 0.5, 2)], 1e-5))
     assert ledger[1]["user_level"]["status"] == "aggregated"
+
+
+@pytest.mark.slow
+def test_pooled_interaction_level_dp_runs_under_secagg(tmp_path):
+    """Pooled DP-SGD under SecAgg+: the devices' gradient sums are masked, the server adds the
+    noise to the unmasked sum; each device accounts one step at (σ 1, q 0.5) per round."""
+    out = tmp_path / "pooled"
+    pooled = {
+        "dp-user": "false",
+        "dp-interaction": "true",
+        "dp-interaction-mode": "pooled",
+        "dp-pooled-sample-rate": 0.5,
+        "strategy": "fedadam",
+        "server-learning-rate": 0.01,
+        "clients-per-round": 10,
+    }
+    code, log = run_confide(
+        "simulate", "--config", "simulations/smoke-secagg.toml", "--out", str(out), settings=pooled
+    )
+    assert code == 0, log[-3000:]
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r.get("secagg_survivors") for r in records] == [10, 10]
+    assert not any("skipped" in r for r in records)
+    assert records[0]["model_sha256"] != records[1]["model_sha256"]  # the model moved
+    ledger = read_jsonl(out / "privacy_ledger.jsonl")
+    for entry in ledger:
+        unit = entry["interaction_level"]
+        assert (unit["mode"], unit["noise_source"], unit["devices_reporting"]) == (
+            "pooled",
+            "server",
+            10,
+        )
+        assert entry["secure_aggregation"]["enabled"]
+    # clients-per-round 10 of 30: a device's ε counts the rounds it was in (1 or 2)
+    eps = {round(epsilon([(1.0, 0.5, k)], 1e-5), 1) for k in (1, 2)}
+    assert {ledger[1]["interaction_level"]["epsilon_max"]} <= eps
