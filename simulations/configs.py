@@ -6,7 +6,7 @@ names the same file. A path that exists always wins over a name.
 
 Shipped: ``smoke`` (no privacy), ``smoke-dp`` (both DP units), ``smoke-secagg`` (SecAgg+ with
 server-added user-level noise), ``smoke-device-noise`` (SecAgg+ with the user-level noise added
-by the devices: docs/design.md §4), ``ml-100k``.
+by the devices: docs/design.md §4), ``ml-100k``, ``ml-100k-pooled`` (pooled interaction-level DP).
 """
 
 from __future__ import annotations
