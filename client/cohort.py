@@ -404,7 +404,7 @@ def train_shard(
         plans = [plan_round(config, len(u.data.train_items)) for u in users]
         todo = []
         for u, (user, plan) in enumerate(zip(users, plans, strict=True)):
-            if declines(config, policy, plan.history_after(user.history)):
+            if policy.declines(config, plan.history_after(user.history)):
                 results[u] = declined_result(config, user, global_params, privates[u])
             else:
                 todo.append(u)
@@ -436,13 +436,6 @@ def _epsilon(entries: tuple, delta: float, accountant: str) -> float:
 
 def _user_epsilon(config: RunConfig, history: PrivacyHistory) -> float:
     return _epsilon(history.entries, config.dp_delta, config.dp_accountant)
-
-
-def declines(config: RunConfig, policy: DevicePolicy, after: PrivacyHistory) -> bool:
-    """Whether the user's ε after this round would pass the run's cap or its device's own."""
-    cap = config.dp_epsilon_cap
-    over_run_cap = cap and _user_epsilon(config, after) > cap
-    return bool(over_run_cap) or policy.would_pass(after, config.dp_accountant)
 
 
 def declined_result(config, user: ShardUser, global_params, private) -> TrainResult:

@@ -153,6 +153,13 @@ class DevicePolicy:
             history_after.epsilon(self.delta, accountant) > self.epsilon_cap
         )
 
+    def declines(self, config: RunConfig, history_after: PrivacyHistory) -> bool:
+        """Whether a device declines the round: its ε after it would pass the run's cap
+        (``dp-epsilon-cap``, at the run's δ) or its owner's (at the owner's δ)."""
+        cap = config.dp_epsilon_cap
+        over_run_cap = cap and history_after.epsilon(config.dp_delta, config.dp_accountant) > cap
+        return bool(over_run_cap) or self.would_pass(history_after, config.dp_accountant)
+
 
 def _number(node_config: Mapping[str, object], key: str, default: float) -> float:
     value = node_config.get(key, default)

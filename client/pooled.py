@@ -141,10 +141,10 @@ def pooled_round(
     members: Sequence[Member],
     server_round: int,
     plan: PooledPlan,
-) -> tuple[list[np.ndarray], list[int], float]:
+) -> tuple[list[np.ndarray], float]:
     """One pooled round for ``members`` (rows of ``model``): steps their private rows in place
-    and returns (the global part of the clipped gradient sum in :func:`global_names` order,
-    each member's sampled interactions, the mean loss)."""
+    and returns (the global part of the clipped gradient sum in :func:`global_names` order, the
+    mean loss)."""
     rngs = [member_rng(config, m.user_id, server_round) for m in members]
     parts = [
         sampled_groups(config, m, server_round, plan.sample_rate, rng)
@@ -153,7 +153,7 @@ def pooled_round(
     grads, loss = clipped_gradient_sum(model, torch.cat(parts), plan.clip_norm)
     step_private(config, model, grads, members, rngs, plan, server_round)
     total = [grads[name].double().numpy() for name in global_names(model)]
-    return total, [len(p) for p in parts], loss
+    return total, loss
 
 
 def step_private(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
-from client.cohort import ShardUser, declined_result, declines, fresh_private, train_shard
+from client.cohort import ShardUser, declined_result, fresh_private, train_shard
 from client.policy import DevicePolicy
 from client.pooled import Member, pooled_round
 from client.reply import (
@@ -139,13 +139,16 @@ def pooled_shard(
     ]
     todo = []
     for i, user in enumerate(users):
-        if declines(config, policy, plan.history_after(user.history)):
+        if policy.declines(config, plan.history_after(user.history)):
             results[i] = declined_result(config, user, global_params, privates[i])
         else:
             todo.append(i)
+    if not todo:  # everyone drawn is at their budget: nothing is summed
+        zeros = [np.zeros(np.shape(a), dtype=np.float64) for a in global_params]
+        return [r for r in results if r is not None], zeros
     model = build_model(
         config.model,
-        max(len(todo), 1),
+        len(todo),
         num_items,
         dim=config.embedding_dim,
         mlp_layers=config.layers,
@@ -159,7 +162,7 @@ def pooled_shard(
             for name in private_names(model):
                 params[name][row] = torch.as_tensor(privates[i][name][0])
     members = [Member(row, users[i].user_id, users[i].data) for row, i in enumerate(todo)]
-    total, sampled, loss = pooled_round(config, model, members, server_round, plan)
+    total, loss = pooled_round(config, model, members, server_round, plan)
     for row, i in enumerate(todo):
         history = plan.history_after(users[i].history)
         results[i] = TrainResult(

@@ -151,7 +151,7 @@ def _train_dp(
     policy: DevicePolicy,
 ) -> TrainResult:
     plan = plan_round(config, len(data.train_items))
-    if _declines(config, policy, plan.history_after(history)):
+    if policy.declines(config, plan.history_after(history)):
         return _declined(config, model, data, global_params, history)
     loss, history = train_private(config, model, data, user_id, server_round, plan, history)
     return TrainResult(
@@ -163,13 +163,6 @@ def _train_dp(
         epsilon=history.epsilon(config.dp_delta, config.dp_accountant),
         noise_multiplier=plan.noise_multiplier,
     )
-
-
-def _declines(config: RunConfig, policy: DevicePolicy, after: PrivacyHistory) -> bool:
-    """Whether the device's ε after this round would pass the run's cap or its owner's."""
-    cap = config.dp_epsilon_cap
-    over_run_cap = cap and after.epsilon(config.dp_delta, config.dp_accountant) > cap
-    return bool(over_run_cap) or policy.would_pass(after, config.dp_accountant)
 
 
 def _declined(config, model, data: UserData, global_params, history) -> TrainResult:
@@ -200,10 +193,10 @@ def _train_pooled(
     and the server's mean of updates is a gradient step; the noise is added to the cohort's sum."""
     plan = plan_pooled(config)
     after = plan.history_after(history)
-    if _declines(config, policy, after):
+    if policy.declines(config, after):
         return _declined(config, model, data, global_params, history)
     member = Member(row=LOCAL_USER, user_id=user_id, data=data)
-    total, _, loss = pooled_round(config, model, [member], server_round, plan)
+    total, loss = pooled_round(config, model, [member], server_round, plan)
     return TrainResult(
         global_arrays=[  # in the model's dtype, as every reply's arrays are
             (np.asarray(g, dtype=np.float64) - t).astype(g.dtype)

@@ -196,3 +196,14 @@ def test_a_shard_gives_every_user_its_own_devices_round(model_name):
         assert t.history == a.history and t.epsilon == a.epsilon
         for name in a.private:
             np.testing.assert_allclose(t.private[name], a.private[name], atol=1e-6)
+
+
+def test_a_shard_whose_drawn_users_are_all_at_their_budget_sends_nothing():
+    config = pooled_config(dp_noise_multiplier=1.0, dp_epsilon_cap=1.0)
+    split = split_for(config)
+    params = global_arrays(config.build_model(split.num_items))
+    shard = [ShardUser(u, split.user_data(u)) for u in (0, 5)]
+    results, total = pooled_shard(config, shard, 1, params, training_round.NO_POLICY)
+    assert [r.status for r in results] == [BUDGET_EXHAUSTED] * 2
+    assert all(float(np.abs(t).sum()) == 0 for t in total)
+    assert [t.shape for t in total] == [p.shape for p in params]
