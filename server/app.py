@@ -204,7 +204,12 @@ def main(grid: Grid, context: Context) -> None:
     fit_workflow = (
         None
         if secagg is None
-        else GuardedSecAggPlusWorkflow(lambda: secagg.plan, strategy.secagg_stage)
+        else GuardedSecAggPlusWorkflow(
+            lambda: secagg.plan,
+            strategy.secagg_stage,
+            # device noise: no sum of fewer devices than the noise was planned for is unmasked
+            min_survivors=config.noise_min_survivors if config.device_noise else 0,
+        )
     )
     # Flower's workflow waits for replies without a timeout: every wait gets round-timeout.
     DefaultWorkflow(fit_workflow=fit_workflow)(TimedGrid(grid, config.round_timeout), legacy)

@@ -33,18 +33,26 @@ class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
 
     ``active`` is the number of devices that answered the stage; ``halt`` is None, or the reason
     the round halted there.
+
+    ``min_survivors`` (device noise: ``dp-noise-min-survivors``) halts a round whose masked
+    updates came from fewer devices, after the collect stage and before anything is unmasked: the
+    sum of fewer devices' noise shares would hold less noise than the plan, and halting there
+    means no sum exists. Flower's own threshold guarantees survivors only up to
+    ``secagg-reconstruction-threshold``; this guard is what lets the devices plan for more.
     """
 
     def __init__(
         self,
         plan: SecAggPlan | Callable[[], SecAggPlan],
         on_stage: Callable[[str, int, str | None], None],
+        min_survivors: int = 0,
     ) -> None:
         # A callable plan is read at every setup stage, after the strategy sampled the round:
         # under device noise the clipping range is derived once the population is known.
         self._plan = plan if callable(plan) else (lambda: plan)
         super().__init__(**self._plan().workflow_kwargs())
         self.on_stage = on_stage
+        self.min_survivors = min_survivors
 
     @property
     def clipping_range(self) -> float:
@@ -56,10 +64,10 @@ class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
         if value != self._plan().clipping_range:
             raise ValueError("the SecAgg+ clipping range comes from the plan only")
 
-    def _checked(self, stage: str, ok: bool, state) -> bool:
+    def _checked(self, stage: str, ok: bool, state, why: str | None = None) -> bool:
         sampled, active = len(state.sampled_node_ids), len(state.active_node_ids)
-        halt = None
-        if not ok:
+        halt = why
+        if not ok and halt is None:
             halt = (
                 f"secure aggregation halted at the {stage} stage: {active} of {sampled} sampled "
                 f"devices still active, and each device needs {state.threshold} active among "
@@ -68,7 +76,7 @@ class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
                 else "secure aggregation halted at the setup stage: fewer than 2 devices sampled"
             )
         self.on_stage(stage, active, halt)
-        return ok
+        return ok and why is None
 
     def setup_stage(self, grid, context, state) -> bool:
         return self._checked("setup", super().setup_stage(grid, context, state), state)
@@ -78,7 +86,14 @@ class GuardedSecAggPlusWorkflow(SecAggPlusWorkflow):
 
     def collect_masked_vectors_stage(self, grid, context, state) -> bool:
         ok = super().collect_masked_vectors_stage(grid, context, state)
-        return self._checked("collect", ok, state)
+        active, why = len(state.active_node_ids), None
+        if ok and active < self.min_survivors:
+            why = (
+                f"secure aggregation halted at the collect stage: {active} devices' masked "
+                f"updates arrived, fewer than dp-noise-min-survivors {self.min_survivors} whose "
+                "noise shares the sum must hold, so nothing was unmasked"
+            )
+        return self._checked("collect", ok, state, why)
 
     def unmask_stage(self, grid, context, state) -> bool:
         return self._checked("unmask", super().unmask_stage(grid, context, state), state)

@@ -462,13 +462,19 @@ class RunConfig:
                 f'dp-noise-source = "devices" is accounted by the Skellam RDP accountant, not '
                 f'{self.dp_accountant!r}: set dp-accountant = "rdp"'
             )
-        threshold = self.secagg_reconstruction_threshold
-        if self.noise_min_survivors > threshold:
+        # More survivors than Flower's threshold is allowed: the server's SecAgg+ workflow halts
+        # before unmasking a sum of fewer (server/secagg.py). More than a round's cohort is not.
+        cohort = self.clients_per_round
+        if cohort and self.noise_min_survivors > cohort:
             raise ConfigError(
-                f"dp-noise-min-survivors {self.dp_noise_min_survivors} is more than SecAgg+ "
-                f"guarantees: a round can finish with secagg-reconstruction-threshold "
-                f"{threshold} survivors, whose noise would be below the plan; use "
-                f"dp-noise-min-survivors <= {threshold} (0: {threshold})"
+                f"dp-noise-min-survivors {self.dp_noise_min_survivors} is more than the "
+                f"{cohort} devices a round expects (clients-per-round): nearly every round would "
+                f"halt; use dp-noise-min-survivors <= {cohort}, and leave room for dropouts"
+            )
+        if self.noise_min_survivors > self.secagg_max_cohort:
+            raise ConfigError(
+                f"dp-noise-min-survivors {self.dp_noise_min_survivors} is more than "
+                f"secagg-max-cohort {self.secagg_max_cohort}: no round could reach it"
             )
 
     def _validate_audit(self) -> None:

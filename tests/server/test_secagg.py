@@ -11,6 +11,7 @@ from server.steps import RoundRecorder, UserLevelNoise
 from server.user_dp import UserLevelDP
 from shared.privacy import clip_update
 from shared.wire import BUDGET_EXHAUSTED, SECAGG_CLIPPED
+from tests.conftest import small_config
 from tests.server.test_strategy import FakeProxy, make_strategy
 
 
@@ -132,3 +133,29 @@ def test_halted_round_is_recorded_and_the_ledger_accounts_it(tmp_path):
 class _NoClients:
     def num_available(self):
         return 0
+
+
+@pytest.mark.parametrize(("arrived", "halts"), [(5, True), (6, False)])
+def test_a_sum_of_fewer_devices_than_the_noise_was_planned_for_is_never_unmasked(
+    monkeypatch, arrived, halts
+):
+    """With device noise planned for 6 survivors (above Flower's threshold of 4), a round whose
+    masked updates came from 5 halts after the collect stage, before the unmask stage runs."""
+    from types import SimpleNamespace
+
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    from server.secagg import GuardedSecAggPlusWorkflow
+
+    plan = small_config(secagg=True).secagg_plan()
+    stages = []
+    workflow = GuardedSecAggPlusWorkflow(plan, lambda *a: stages.append(a), min_survivors=6)
+    state = SimpleNamespace(sampled_node_ids=set(range(8)), active_node_ids=set(range(arrived)))
+    monkeypatch.setattr(SecAggPlusWorkflow, "collect_masked_vectors_stage", lambda *a: True)
+    assert workflow.collect_masked_vectors_stage(None, None, state) is (not halts)
+    ((stage, active, halt),) = stages
+    assert (stage, active) == ("collect", arrived)
+    if halts:
+        assert "fewer than dp-noise-min-survivors 6" in halt and "nothing was unmasked" in halt
+    else:
+        assert halt is None

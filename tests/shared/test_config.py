@@ -193,9 +193,16 @@ def test_resolve_config_layers_file_sets_and_out(tmp_path, monkeypatch):
         (
             {
                 **{"dp_noise_source": "devices", "secagg": True, "dp_user": True},
-                "dp_noise_min_survivors": 5,  # the threshold is 4: a round may end with 4
+                **{"clients_per_round": 10, "dp_noise_min_survivors": 11},
             },
-            "use dp-noise-min-survivors <= 4",
+            "use dp-noise-min-survivors <= 10",
+        ),
+        (
+            {
+                **{"dp_noise_source": "devices", "secagg": True, "dp_user": True},
+                **{"secagg_max_cohort": 50, "dp_noise_min_survivors": 51},
+            },
+            "more than secagg-max-cohort 50",
         ),
         ({"dp_noise_min_survivors": -1}, "dp-noise-min-survivors must be 0"),
     ],
@@ -208,6 +215,10 @@ def test_device_noise_settings_are_refused_with_the_fix(changes, message):
 def test_device_noise_plans_for_the_reconstruction_threshold_by_default():
     config = small_config(dp_noise_source="devices", secagg=True, dp_user=True)
     assert config.device_noise and config.noise_min_survivors == 4
+    # more than the threshold is allowed: the server's workflow halts below it (server/secagg.py)
+    more = config.replace(dp_noise_min_survivors=9)
+    more.validate()
+    assert more.noise_min_survivors == 9
     assert small_config(dp_user=True).device_noise is False
 
 
