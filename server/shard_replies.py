@@ -22,7 +22,7 @@ from logging import WARNING
 from typing import Any
 
 import numpy as np
-from flwr.common import Code, EvaluateRes, Status, log, parameters_to_ndarrays
+from flwr.common import Code, EvaluateRes, Status, log
 from flwr.server.client_proxy import ClientProxy
 
 from server.pipeline import Phase, Step
@@ -106,20 +106,7 @@ class ShardValidation(Step):
         limit = trained * self.validator.max_num_examples
         if not math.isfinite(weight) or not (trained == 0 or 0 < weight <= limit):
             raise InvalidReply(f"{SHARD_WEIGHT} {weight!r} outside (0, {limit}]")
-        try:
-            arrays = parameters_to_ndarrays(res.parameters)
-        except Exception as err:  # any undecodable payload is the shard's fault, not ours
-            raise InvalidReply(f"parameters could not be decoded as NumPy arrays: {err}") from None
-        if len(arrays) != len(self.validator.names):
-            raise InvalidReply(f"expected {len(self.validator.names)} arrays, got {len(arrays)}")
-        squared = 0.0
-        for name, shape, array in zip(self.validator.names, self.validator.shapes, arrays,
-                                      strict=True):  # fmt: skip
-            if array.shape != shape:
-                raise InvalidReply(f"{name}: shape {array.shape}, expected {shape}")
-            if not np.isfinite(array).all():
-                raise InvalidReply(f"{name}: contains NaN or Inf")
-            squared += float(np.sum(np.square(array, dtype=np.float64)))
+        arrays, squared = self.validator.checked_arrays(res.parameters, dtype=False)
         # Each user's update is within the bound, so their weighted sum is within weight x bound
         # (uniform weights under user-level DP, so that is trained x S).
         bound = min(self.clip_norm or math.inf, self.validator.max_update_norm)

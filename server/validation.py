@@ -62,27 +62,37 @@ class ReplyValidator:
                 f"num_examples {examples} outside [1, {self.max_num_examples}] (max-num-examples)"
             )
         check_metrics(reply.metrics)
-        try:
-            arrays = parameters_to_ndarrays(reply.parameters)
-        except Exception as err:  # any undecodable payload is the client's fault, not ours
-            raise InvalidReply(f"parameters could not be decoded as NumPy arrays: {err}") from None
-        if len(arrays) != len(self.names):
-            raise InvalidReply(f"expected {len(self.names)} arrays, got {len(arrays)}")
-        squared_norm = 0.0
-        for name, shape, array, old in zip(self.names, self.shapes, arrays, current, strict=True):
-            if array.dtype != self.dtype:
-                raise InvalidReply(f"{name}: dtype {array.dtype}, expected {self.dtype}")
-            if array.shape != shape:
-                raise InvalidReply(f"{name}: shape {array.shape}, expected {shape}")
-            if not np.isfinite(array).all():
-                raise InvalidReply(f"{name}: contains NaN or Inf")
-            squared_norm += float(np.sum((array.astype(np.float64) - old) ** 2))
+        arrays, squared_norm = self.checked_arrays(reply.parameters, current)
         norm = squared_norm**0.5
         if norm > self.max_update_norm:
             raise InvalidReply(
                 f"update L2 norm {norm:.3g} exceeds max-update-norm {self.max_update_norm:g}"
             )
         return arrays
+
+    def checked_arrays(
+        self, parameters, current: Sequence[np.ndarray] | None = None, *, dtype: bool = True
+    ) -> tuple[list[np.ndarray], float]:
+        """A payload's arrays, each checked (count, dtype unless ``dtype=False``, shape, finite),
+        and the squared L2 norm of their difference from ``current`` (of the arrays themselves
+        when None: a shard's sum of updates, in float64); raises :class:`InvalidReply`."""
+        try:
+            arrays = parameters_to_ndarrays(parameters)
+        except Exception as err:  # any undecodable payload is the sender's fault, not ours
+            raise InvalidReply(f"parameters could not be decoded as NumPy arrays: {err}") from None
+        if len(arrays) != len(self.names):
+            raise InvalidReply(f"expected {len(self.names)} arrays, got {len(arrays)}")
+        squared_norm = 0.0
+        for i, (name, shape, array) in enumerate(zip(self.names, self.shapes, arrays, strict=True)):
+            if dtype and array.dtype != self.dtype:
+                raise InvalidReply(f"{name}: dtype {array.dtype}, expected {self.dtype}")
+            if array.shape != shape:
+                raise InvalidReply(f"{name}: shape {array.shape}, expected {shape}")
+            if not np.isfinite(array).all():
+                raise InvalidReply(f"{name}: contains NaN or Inf")
+            change = array.astype(np.float64) - (0.0 if current is None else current[i])
+            squared_norm += float(np.sum(np.square(change)))
+        return arrays, squared_norm
 
 
 def check_metrics(metrics: Any) -> None:
