@@ -88,16 +88,10 @@ class UserLevelDP:
 
     @classmethod
     def from_config(cls, config: RunConfig, population: int | None = None) -> UserLevelDP:
-        z = config.dp_user_noise_multiplier
         mechanism = cls(
-            noise_multiplier=z,
-            clip_norm=config.dp_user_clip_norm,
-            delta=config.dp_user_delta,
+            noise_multiplier=config.dp_user_noise_multiplier,
             accountant=config.dp_accountant,
-            epsilon_cap=config.dp_user_epsilon_cap,
-            sample_fraction=config.fraction_fit,
-            clients_per_round=config.clients_per_round,
-            seed=config.seed if config.dp_reproducible_noise else None,
+            **_mechanism_fields(config),
         )
         if config.dp_user_target_epsilon > 0:
             if population is None:
@@ -159,6 +153,19 @@ class UserLevelDP:
     def noise_stddev(self, population: int) -> float:
         """Std of the noise on the average: z S / (q N)."""
         return self.noise_multiplier * self.clip_norm / (self.sample_rate(population) * population)
+
+
+def _mechanism_fields(config: RunConfig) -> dict[str, Any]:
+    """What every user-level mechanism takes from the config: S, δ, the cap, the sampling rule
+    and the seed (None: its randomness comes from OS entropy)."""
+    return {
+        "clip_norm": config.dp_user_clip_norm,
+        "delta": config.dp_user_delta,
+        "epsilon_cap": config.dp_user_epsilon_cap,
+        "sample_fraction": config.fraction_fit,
+        "clients_per_round": config.clients_per_round,
+        "seed": config.seed if config.dp_reproducible_noise else None,
+    }
 
 
 def mechanism_rng(seed: int | None, stream: Stream, server_round: int) -> np.random.Generator:
@@ -236,15 +243,7 @@ class DeviceNoiseDP:
             rounds,
             mu_for,
         )
-        return cls(
-            plan=plan,
-            clip_norm=config.dp_user_clip_norm,
-            delta=config.dp_user_delta,
-            epsilon_cap=config.dp_user_epsilon_cap,
-            sample_fraction=config.fraction_fit,
-            clients_per_round=config.clients_per_round,
-            seed=config.seed if config.dp_reproducible_noise else None,
-        )
+        return cls(plan=plan, **_mechanism_fields(config))
 
     def sample_rate(self, population: int) -> float:
         return sample_rate(self.clients_per_round, self.sample_fraction, population)
