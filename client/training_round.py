@@ -30,7 +30,7 @@ from shared.models import (
     private_state,
 )
 from shared.pooled import plan_pooled
-from shared.privacy import PrivacyHistory
+from shared.privacy import PrivacyHistory, clip_update
 from shared.sequence_model import SASRec
 from shared.sequence_training import train_sequence_epoch, user_examples
 from shared.split import UserData, training_examples
@@ -45,6 +45,7 @@ from shared.training import evaluate_user_ranking, evaluation_loss, make_optimiz
 from shared.wire import BUDGET_EXHAUSTED, DIVERSITY10, TRAINED
 
 LOCAL_USER = 0  # the device's own row in its one-user model
+POOLED_NORM_MARGIN = 0.999  # under max-update-norm after the reply's float32 rounding
 NO_HISTORY = PrivacyHistory()
 NO_POLICY = DevicePolicy()
 
@@ -197,6 +198,10 @@ def _train_pooled(
         return _declined(config, model, data, global_params, history)
     member = Member(row=LOCAL_USER, user_id=user_id, data=data)
     total, loss = pooled_round(config, model, [member], server_round, plan)
+    # A sum of many clipped gradients may pass the server's max-update-norm, and a rejection that
+    # depends on the data would change the denominator (devices that trained). Projecting the
+    # sum onto that ball is 1-Lipschitz, so one interaction still moves it by at most C.
+    total, _ = clip_update(total, POOLED_NORM_MARGIN * config.max_update_norm)
     return TrainResult(
         global_arrays=[  # in the model's dtype, as every reply's arrays are
             (np.asarray(g, dtype=np.float64) - t).astype(g.dtype)

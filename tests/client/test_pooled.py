@@ -83,6 +83,20 @@ def test_the_reply_keeps_the_models_dtype_whatever_the_server_sent():
     assert {a.dtype for a in result.global_arrays} == {np.dtype(np.float32)}
 
 
+def test_a_sum_past_the_servers_norm_bound_is_projected_onto_it():
+    """A device with many sampled interactions would be rejected by max-update-norm, a rejection
+    that depends on its data; it sends the sum scaled onto the bound instead."""
+    config = pooled_config(dp_pooled_sample_rate=1.0, max_update_norm=0.5)
+    split = split_for(config)
+    params = global_arrays(config.build_model(split.num_items))
+    result = training_round.train(config, split.user_data(0), 0, 1, params, None)
+    update = [
+        np.asarray(n, np.float64) - p for n, p in zip(result.global_arrays, params, strict=True)
+    ]
+    norm = float(np.sqrt(sum(float(np.sum(u * u)) for u in update)))
+    assert 0.49 < norm <= 0.5
+
+
 def test_an_empty_sample_sums_to_zero():
     model = build_model("neumf", 1, 50, dim=8, mlp_layers=(16, 8), seed=1)
     got, loss = clipped_gradient_sum(model, torch.zeros((0, 6), dtype=torch.long), 1.0)
