@@ -33,7 +33,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from client.dp import plan_round
 from client.policy import DevicePolicy
-from client.training_round import NO_POLICY, TrainResult
+from client.training_round import NO_POLICY, TrainResult, declined_result
 from shared.config import RunConfig
 from shared.models import global_names, private_names, private_state
 from shared.privacy import PrivacyHistory, epsilon
@@ -44,7 +44,6 @@ from shared.streams import (
     train_negatives_rng,
     user_embedding_seed,
 )
-from shared.wire import BUDGET_EXHAUSTED
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which make_optimizer uses
 ADAM_EPS = 1e-8
@@ -405,7 +404,9 @@ def train_shard(
         todo = []
         for u, (user, plan) in enumerate(zip(users, plans, strict=True)):
             if policy.declines(config, plan.history_after(user.history)):
-                results[u] = declined_result(config, user, global_params, privates[u])
+                results[u] = declined_result(
+                    config, user.data, global_params, privates[u], user.history
+                )
             else:
                 todo.append(u)
     else:
@@ -436,18 +437,6 @@ def _epsilon(entries: tuple, delta: float, accountant: str) -> float:
 
 def _user_epsilon(config: RunConfig, history: PrivacyHistory) -> float:
     return _epsilon(history.entries, config.dp_delta, config.dp_accountant)
-
-
-def declined_result(config, user: ShardUser, global_params, private) -> TrainResult:
-    return TrainResult(
-        global_arrays=[np.array(a, copy=True) for a in global_params],
-        private={k: np.array(v, copy=True) for k, v in private.items()},
-        loss=float("nan"),
-        num_examples=len(user.data.train_items),
-        status=BUDGET_EXHAUSTED,
-        history=user.history,
-        epsilon=_user_epsilon(config, user.history),
-    )
 
 
 def _train_plain(config, users, server_round, global_params, privates, device):

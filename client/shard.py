@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
-from client.cohort import ShardUser, declined_result, fresh_private, train_shard
+from client.cohort import ShardUser, fresh_private, train_shard
 from client.policy import DevicePolicy
 from client.pooled import Member, pooled_round
 from client.reply import (
@@ -32,9 +32,9 @@ from client.reply import (
 )
 from client.shard_evaluation import evaluate_shard
 from client.state import FileState
-from client.training_round import TrainResult
+from client.training_round import TrainResult, declined_result
 from shared.config import RunConfig
-from shared.models import build_model, load_global, private_names
+from shared.models import load_global, private_names
 from shared.pooled import plan_pooled
 from shared.privacy import clip_update
 from shared.shards import shard_users
@@ -140,21 +140,15 @@ def pooled_shard(
     todo = []
     for i, user in enumerate(users):
         if policy.declines(config, plan.history_after(user.history)):
-            results[i] = declined_result(config, user, global_params, privates[i])
+            results[i] = declined_result(
+                config, user.data, global_params, privates[i], user.history
+            )
         else:
             todo.append(i)
     if not todo:  # everyone drawn is at their budget: nothing is summed
         zeros = [np.zeros(np.shape(a), dtype=np.float64) for a in global_params]
         return [r for r in results if r is not None], zeros
-    model = build_model(
-        config.model,
-        len(todo),
-        num_items,
-        dim=config.embedding_dim,
-        mlp_layers=config.layers,
-        seed=config.seed,
-        item_features=config.item_feature_matrix(num_items),
-    )
+    model = config.build_model(num_items, num_users=len(todo))
     load_global(model, global_params)
     params = dict(model.named_parameters())
     with torch.no_grad():  # each trained user's own private rows, one row each

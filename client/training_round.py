@@ -153,7 +153,7 @@ def _train_dp(
 ) -> TrainResult:
     plan = plan_round(config, len(data.train_items))
     if policy.declines(config, plan.history_after(history)):
-        return _declined(config, model, data, global_params, history)
+        return declined_result(config, data, global_params, private_state(model), history)
     loss, history = train_private(config, model, data, user_id, server_round, plan, history)
     return TrainResult(
         global_arrays=global_arrays(model),
@@ -166,11 +166,18 @@ def _train_dp(
     )
 
 
-def _declined(config, model, data: UserData, global_params, history) -> TrainResult:
-    """A device at its budget: trains nothing, sends the model back unchanged."""
+def declined_result(
+    config: RunConfig,
+    data: UserData,
+    global_params: Sequence[np.ndarray],
+    private: Mapping[str, np.ndarray],
+    history: PrivacyHistory,
+) -> TrainResult:
+    """A device (or a shard's user) at its budget: trains nothing, sends the model back
+    unchanged and keeps its embedding and accountant as they were."""
     return TrainResult(
         global_arrays=[np.array(a, copy=True) for a in global_params],
-        private=private_state(model),
+        private={k: np.array(v, copy=True) for k, v in private.items()},
         loss=float("nan"),
         num_examples=len(data.train_items),
         status=BUDGET_EXHAUSTED,
@@ -195,7 +202,7 @@ def _train_pooled(
     plan = plan_pooled(config)
     after = plan.history_after(history)
     if policy.declines(config, after):
-        return _declined(config, model, data, global_params, history)
+        return declined_result(config, data, global_params, private_state(model), history)
     member = Member(row=LOCAL_USER, user_id=user_id, data=data)
     total, loss = pooled_round(config, model, [member], server_round, plan)
     # A sum of many clipped gradients may pass the server's max-update-norm, and a rejection that

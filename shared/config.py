@@ -155,12 +155,15 @@ class RunConfig:
             self.secagg_timeout,
         )
 
-    def build_model(self, num_items: int, *, seed: int | None = None) -> Recommender:
-        """This run's model with one user row: seeded by the run (the initial global model the
-        server keeps the global part of) unless a device passes its own seed."""
+    def build_model(
+        self, num_items: int, *, seed: int | None = None, num_users: int = 1
+    ) -> Recommender:
+        """This run's model, with one user row unless ``num_users`` (a pooled shard, the
+        centralized baseline): seeded by the run (the initial global model the server keeps the
+        global part of) unless a device passes its own seed."""
         return build_model(
             self.model,
-            1,
+            num_users,
             num_items,
             dim=self.embedding_dim,
             mlp_layers=self.layers,

@@ -23,7 +23,7 @@ from shared.beyond_accuracy import (
 )
 from shared.config import RunConfig
 from shared.item_vectors import item_vectors
-from shared.models import build_model, global_arrays, global_names
+from shared.models import global_arrays, global_names
 from shared.records import BEYOND_ACCURACY_FILE
 from shared.rundir import RunDirectory
 from shared.sequence_model import SASRec
@@ -41,16 +41,7 @@ from shared.wire import FULL_HR10, FULL_NDCG10, HR10, NDCG10
 
 def run_centralized(config: RunConfig, echo: Callable[[str], object] = print) -> RunDirectory:
     split = split_for(config)
-    model = build_model(
-        config.model,
-        split.num_users,
-        split.num_items,
-        dim=config.embedding_dim,
-        mlp_layers=config.layers,
-        seed=config.seed,
-        item_features=config.item_feature_matrix(split.num_items),
-        sequence=config.sequence_options,
-    )
+    model = config.build_model(split.num_items, num_users=split.num_users)
     optimizer = make_optimizer(
         config.optimizer, model.parameters(), config.centralized_learning_rate
     )
