@@ -74,7 +74,7 @@ def mutate(arrays: list[np.ndarray], mutation: tuple) -> list[np.ndarray]:
             lambda: flat,
             lambda: a[:-1] if a.ndim else flat[:0],
             lambda: np.concatenate([flat, flat[:1]]) if a.ndim <= 1 else np.concatenate([a, a[:1]]),
-            lambda: np.asarray(a.flat[0]),
+            lambda: np.asarray(a.flat[0]) if a.size else np.zeros((), a.dtype),  # 0-d
             lambda: a.T,
             lambda: a[None],
         ][choice]()
