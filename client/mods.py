@@ -36,7 +36,17 @@ from shared.faults import FIT, REPLY_MODES, parse_fault
 from shared.privacy import clip_update
 from shared.secagg import STAGES, quantizer_clip_count
 from shared.streams import Stream, generator, secret_seed
-from shared.wire import CLIP_NORM, NOISE_MU, SECAGG_BOUND, SERVER_ROUND, SHARD_USERS
+from shared.wire import (
+    BUDGET_EXHAUSTED,
+    CLIP_BIT,
+    CLIP_NORM,
+    CLIP_UNDER,
+    DP_STATUS,
+    NOISE_MU,
+    SECAGG_BOUND,
+    SERVER_ROUND,
+    SHARD_USERS,
+)
 
 _STAGE_NAMES = dict(zip(Stage.all(), STAGES, strict=True))  # Flower's names -> ours
 
@@ -69,6 +79,12 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     device's share of the noise in SecAgg+'s integer domain (:mod:`client.noise`) before
     SecAgg+ masks it; the device refuses a round that asks it for no noise
     (:meth:`client.policy.DevicePolicy.check_device_noise`).
+
+    Under adaptive clipping (the round sends ``confide.clip-bit``) the device also reports its
+    clip bit, whether its update was within S before clipping: in plaintext as a metric (the
+    clipped update shows it anyway), under SecAgg+ as one more masked coordinate,
+    (bit - 1/2) x B (0 for a device that declined), so that only the cohort's count is
+    unmasked (:func:`clip_bit_coordinate`).
     """
     if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
         return call_next(msg, ctxt)
@@ -82,26 +98,44 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     fit_res = recorddict_to_fitres(reply.content, keep_input=True)
     sent = parameters_to_ndarrays(fit_ins.parameters)
     new = parameters_to_ndarrays(fit_res.parameters)
+    bit = bool(fit_ins.config.get(CLIP_BIT)) and norm is not None
+    declined = fit_res.metrics.get(DP_STATUS) == BUDGET_EXHAUSTED
     if bound is None:
         update = [n - old for n, old in zip(new, sent, strict=True)]
-        clipped, _ = clip_update(update, float(norm))
+        clipped, before = clip_update(update, float(norm))
         fit_res.parameters = ndarrays_to_parameters(
             [old + c for old, c in zip(sent, clipped, strict=True)]
         )
+        if bit:
+            fit_res.metrics = {**fit_res.metrics, CLIP_UNDER: int(before <= float(norm))}
     else:
         update = [n.astype(np.float64) - old for n, old in zip(new, sent, strict=True)]
         if not all(np.isfinite(u).all() for u in update):
             # NaN would quantize to garbage that no check could see in the sum: drop out instead.
             raise ValueError("the local update is not finite: this device drops out of the round")
         limit = float(bound) if norm is None else min(float(bound), float(norm))
-        clipped, _ = clip_update(update, limit)
+        clipped, before = clip_update(update, limit)
         clipped, clamped = _device_noise(msg, ctxt, fit_ins.config, clipped, limit)
+        if bit:
+            clipped.append(clip_bit_coordinate(before <= limit, declined, float(bound)))
         fit_res.parameters = ndarrays_to_parameters(clipped)
         fit_res.num_examples, fit_res.metrics = shape_masked_reply(
             fit_res.metrics, _quantizer_clips(ctxt, clipped), clamped
         )
     reply.content = fitres_to_recorddict(fit_res, keep_input=True)
     return reply
+
+
+def clip_bit_coordinate(under: bool, declined: bool, bound: float) -> np.ndarray:
+    """Adaptive clipping under SecAgg+: the clip bit as one masked coordinate.
+
+    Centred, (bit - 1/2) x B: one device then moves the unmasked sum by at most B / 2 (what the
+    count's noise is calibrated to, shared/adaptive_clip.py), and |value| <= B / 2 is within the
+    quantizer's range c >= B, so it can neither clip nor wrap. A device that declined (at its
+    budget) sends 0, as its update is 0.
+    """
+    value = 0.0 if declined else (0.5 if under else -0.5) * bound
+    return np.array([value], dtype=np.float64)
 
 
 def _secagg_state(ctxt: Context):

@@ -39,7 +39,15 @@ from shared.pooled import plan_pooled
 from shared.privacy import clip_update
 from shared.shards import shard_users
 from shared.split import LeaveOneOut
-from shared.wire import CLIP_NORM, PARTITION_ID, SERVER_ROUND, SHARD_USERS
+from shared.wire import (
+    CLIP_BIT,
+    CLIP_NORM,
+    CLIP_UNDER,
+    PARTITION_ID,
+    SERVER_ROUND,
+    SHARD_USERS,
+    TRAINED,
+)
 
 
 class ShardClient(NumPyClient):
@@ -94,15 +102,20 @@ class ShardClient(NumPyClient):
             return shape_pooled_shard_reply(self.run_config, users, results, total)
         results = train_shard(self.run_config, shard, server_round, parameters, self.policy)
         clip = config.get(CLIP_NORM)
-        updates = []
+        updates, under = [], 0  # under: trained users within S (adaptive clipping's count)
         for state, result in zip(states, results, strict=True):
             state.save_fit(result, parameters)
             update = [
                 np.asarray(new, dtype=np.float64) - old
                 for new, old in zip(result.global_arrays, parameters, strict=True)
             ]
-            updates.append(update if clip is None else clip_update(update, float(clip))[0])
+            if clip is not None:
+                update, norm = clip_update(update, float(clip))
+                under += int(result.status == TRAINED and norm <= float(clip))
+            updates.append(update)
         total, weight, metrics = shape_shard_fit_reply(self.run_config, users, results, updates)
+        if config.get(CLIP_BIT) and clip is not None:
+            metrics = {**metrics, CLIP_UNDER: under}  # what each device's reply would say, summed
         return total, weight, metrics
 
     def evaluate(self, parameters, config):

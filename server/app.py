@@ -26,6 +26,7 @@ from server.sampling import CountSampler, PoissonSampler, Sampler
 from server.secagg import GuardedSecAggPlusWorkflow
 from server.shard_replies import ShardValidation
 from server.steps import (
+    ClipCounts,
     DeviceNoise,
     DeviceReports,
     EnoughReplies,
@@ -99,12 +100,13 @@ def build_round(
     shards = config.cohort_size > 1  # nodes reply with their users' summed updates
     reports = DeviceReports(config)  # interaction-level ε / σ the devices report, for the ledger
     optimizer = ServerOptimizer(config.strategy, model, names, config)  # owns the global model
+    adaptive = config.dp_user_adaptive_clip  # S moves: the steps read this round's
+
+    def clip_norm() -> float:
+        return user.clip_norm(config)
+
     steps = [
-        *(
-            [ShardValidation(validator, config.dp_user_clip_norm if config.dp_user else 0)]
-            if shards
-            else []
-        ),  # fmt: skip
+        *([ShardValidation(validator, clip_norm if config.dp_user else 0)] if shards else []),
         *([ReplyValidation(validator, model)] if plaintext and not shards else []),
         *(  # the item-promotion defence (the config refuses it under SecAgg+)
             [ItemRowClip(config.item_row_clip, list(names), model.arrays)]
@@ -114,14 +116,13 @@ def build_round(
         reports,
         # (a shard clips each user itself: the server sees only their sum)
         *(
-            [ServerClip(config.dp_user_clip_norm)]
-            if config.dp_user and plaintext and not shards
-            else []
+            [ServerClip(clip_norm)] if config.dp_user and plaintext and not shards else []
         ),  # fmt: skip
+        *([ClipCounts()] if adaptive and plaintext else []),  # (under SecAgg+: in the sum)
         *([EnoughReplies(config.min_fit_clients)] if plaintext else []),  # else: skip the round
         PlaintextSum(model, uniform=uniform)
         if plaintext
-        else SecAggSum(plan, model, user.noise_plan),
+        else SecAggSum(plan, model, user.noise_plan, clip_bits=adaptive),
         release(config, user),  # who adds the noise: nobody, the server or the devices
         optimizer,
         RoundRecorder(run_dir, config.num_server_rounds),  # metrics.jsonl + progress line

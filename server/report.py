@@ -69,6 +69,12 @@ CAVEATS = {
     "trust": "User-level DP (DP-FedAvg, McMahan et al. 2018) protects against anyone who sees the "
     "released global model, not against the server, which sees the clipped updates (or with "
     "SecAgg, their un-noised sum): it is central DP with a trusted aggregator.",
+    "adaptive": "The clip norm S adapted every round (Andrew et al. 2021): from {first} to {last} "
+    "(ceiling {ceiling}), towards the {quantile} quantile of the devices' update norms. Each "
+    "round released the fraction of devices within S, noised with std {sigma} on the count "
+    "(under SecAgg+ summed inside the masked sum, never one device's bit); the same ε covers "
+    "it: the accountant composes the update noise (multiplier {zd}) and the count as one "
+    "Gaussian of multiplier {z}.",
     "devices": 'User-level DP with device-added noise (dp-noise-source = "devices"): every '
     "device adds its share of Skellam noise (Agarwal, Kairouz, Liu 2021) to its clipped, "
     "quantized update before SecAgg+ masks it, and the server adds nothing. The ε holds against "
@@ -252,6 +258,7 @@ def _user(config: dict, ledger: Ledger, rejected: int, caveats: list[str]) -> di
         }
     else:
         caveats.append(CAVEATS["trust"])
+    adaptive = _adaptive_clip(config, rows, last, caveats)
     if poisson:
         q, k = fmt(last.sample_rate), fmt(last.expected_cohort)
         caveats.append(CAVEATS["poisson"].format(q=q, k=k, acc=acc))
@@ -269,6 +276,7 @@ def _user(config: dict, ledger: Ledger, rejected: int, caveats: list[str]) -> di
         if source == "devices"
         else "released models (the server is trusted)",
         **devices,
+        **adaptive,
         "epsilon": max(e for _, e in eps) if eps else None,
         "delta": _or(last.delta, config.get("dp-user-delta")),
         "accountant": acc,
@@ -278,6 +286,33 @@ def _user(config: dict, ledger: Ledger, rejected: int, caveats: list[str]) -> di
         "clients_replied": replied,
         "epsilon_cap": _or(last.epsilon_cap, config.get("dp-user-epsilon-cap")) or None,
         "sampling": "Poisson, fixed denominator" if poisson else last.sampling,
+    }
+
+
+def _adaptive_clip(config: dict, rows, last, caveats: list[str]) -> dict[str, Any]:
+    """Adaptive clipping's summary (empty for a fixed S): where S started and ended."""
+    if not last.clip_adaptive:
+        return {}
+    clips = [u.clip_norm for _, _, u in rows if u.clip_norm is not None]
+    ceiling = config.get("dp-user-clip-norm-max") or 10 * (clips[0] if clips else 0)
+    caveats.append(
+        CAVEATS["adaptive"].format(
+            first=fmt(clips[0]),
+            last=fmt(last.next_clip_norm),
+            ceiling=fmt(ceiling),
+            quantile=fmt(last.clip_quantile),
+            sigma=fmt(last.clip_count_stddev),
+            zd=fmt(last.update_noise_multiplier),
+            z=fmt(last.noise_multiplier),
+        )
+    )
+    return {
+        "clip_adaptive": True,
+        "clip_norm_first": clips[0] if clips else None,
+        "clip_norm_next": last.next_clip_norm,
+        "clip_quantile": last.clip_quantile,
+        "clip_count_stddev": last.clip_count_stddev,
+        "update_noise_multiplier": last.update_noise_multiplier,
     }
 
 

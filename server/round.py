@@ -40,6 +40,7 @@ class Reply:
     weight: float | None = None  # a shard's summed weight (None: one device, weighed by the sum)
     users: int = 1  # users whose updates ``update`` holds
     declined: tuple[int, ...] = ()  # a shard's users at their budget (not in ``update``)
+    clip_under: int | None = None  # adaptive clipping: trained users whose update was within S
 
     @property
     def num_examples(self) -> int:
@@ -64,6 +65,9 @@ class RoundSum:
     total: list[np.ndarray]  # float64, weighted by ``weight`` per device
     weight: float  # the sum of the weights of the devices that trained
     trained: int
+    # Adaptive clipping: the exact sum of (clip bit - 1/2) over the devices in the sum, before
+    # its noise (None: the round did not ask for bits).
+    centred_bits: float | None = None
 
 
 @dataclass(frozen=True)

@@ -104,10 +104,13 @@ def unmasked_mean(
     shapes: Sequence[tuple[int, ...]],
     plan: SecAggPlan,
     noise_norm: float = 0.0,
+    update_arrays: int | None = None,
 ) -> list[np.ndarray]:
     """The round's unmasked mean update, checked; raises :class:`InvalidReply` if unusable.
 
     ``noise_norm``: how much device-added noise may add to the mean's norm (0: none added).
+    ``update_arrays``: how many leading arrays are the update the bound applies to (the rest,
+    adaptive clipping's bit coordinate, the caller checks); None: all of them.
     """
     weights = sorted({res.num_examples for _, res in results})
     if weights != [1]:
@@ -120,7 +123,8 @@ def unmasked_mean(
         raise InvalidReply("the unmasked aggregate does not have the model's layout")
     if not all(np.isfinite(a).all() for a in mean):
         raise InvalidReply("the unmasked aggregate contains NaN or Inf")
-    norm = float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in mean)))
+    update = mean if update_arrays is None else mean[:update_arrays]
+    norm = float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in update)))
     if norm > plan.bound * (1 + NORM_SLACK) + noise_norm:
         raise InvalidReply(
             f"the unmasked mean update has L2 norm {norm:.4g} > the bound {plan.bound:g} that "

@@ -17,7 +17,7 @@ node.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from logging import WARNING
 from typing import Any
 
@@ -61,9 +61,11 @@ class ShardValidation(Step):
 
     phase = Phase.REPLIES
 
-    def __init__(self, validator: ReplyValidator, clip_norm: float) -> None:
+    def __init__(self, validator: ReplyValidator, clip_norm: float | Callable[[], float]) -> None:
         self.validator = validator
-        self.clip_norm = clip_norm  # user-level DP's S (0: none), the bound each user clips to
+        # user-level DP's S this round (0: none), the bound each user clips to; a callable when
+        # it moves (adaptive clipping)
+        self.clip_norm = clip_norm if callable(clip_norm) else (lambda: clip_norm)
 
     def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
         valid, answered = [], 0
@@ -109,7 +111,7 @@ class ShardValidation(Step):
         arrays, squared = self.validator.checked_arrays(res.parameters, dtype=False)
         # Each user's update is within the bound, so their weighted sum is within weight x bound
         # (uniform weights under user-level DP, so that is trained x S).
-        bound = min(self.clip_norm or math.inf, self.validator.max_update_norm)
+        bound = min(self.clip_norm() or math.inf, self.validator.max_update_norm)
         if math.sqrt(squared) > bound * weight * (1 + NORM_SLACK):
             raise InvalidReply(
                 f"the sum's L2 norm {math.sqrt(squared):.3g} exceeds {weight:g} users' weight x "

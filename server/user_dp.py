@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from shared import skellam
-from shared.config import RunConfig
+from shared import adaptive_clip, skellam
+from shared.config import ConfigError, RunConfig
 from shared.privacy import PrivacyHistory, clip_update, noise_for_target
 from shared.secagg import DeviceNoisePlan, SecAggPlan, plan_device_noise
 from shared.streams import Stream, generator, secret_seed
@@ -85,6 +85,14 @@ class UserLevelDP:
     clients_per_round: int
     seed: int | None  # None: sampling and noise from OS entropy (the default; see _rng)
     history: PrivacyHistory = field(default_factory=PrivacyHistory)
+    # Adaptive clipping (shared/adaptive_clip.py): clip_norm is then this round's S, moved after
+    # every released round; the accountant keeps z, the update noise uses the larger z_Delta.
+    adaptive: bool = False
+    clip_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clip_count_stddev: float = 0.0  # sigma_b on the count of centred bits
+    clip_norm_max: float = 0.0
+    clip_fraction_under: float | None = None  # the last released noised fraction under S
 
     @classmethod
     def from_config(cls, config: RunConfig, population: int | None = None) -> UserLevelDP:
@@ -103,7 +111,57 @@ class UserLevelDP:
                 config.num_server_rounds,
                 config.dp_accountant,
             )
+        if config.dp_user_adaptive_clip:
+            if population is None:
+                raise ValueError("adaptive clipping needs the population size (its cohort)")
+            mechanism._adapt_from(config, population)
         return mechanism
+
+    def _adapt_from(self, config: RunConfig, population: int) -> None:
+        """Adaptive clipping's parameters; refuses a count noise the budget cannot pay for."""
+        cohort = self.sample_rate(population) * population
+        self.adaptive = True
+        self.clip_quantile = config.dp_user_clip_quantile
+        self.clip_learning_rate = config.dp_user_clip_learning_rate
+        self.clip_count_stddev = config.dp_user_clip_count_stddev or (
+            adaptive_clip.default_count_stddev(cohort)
+        )
+        self.clip_norm_max = config.user_clip_ceiling
+        try:
+            adaptive_clip.update_noise_multiplier(self.noise_multiplier, self.clip_count_stddev)
+        except ValueError as err:
+            raise ConfigError(
+                f"{err} (the expected cohort is {cohort:g} devices: with few devices per round "
+                "the default cannot pay for the count; raise clients-per-round or set "
+                "dp-user-clip-count-stddev)"
+            ) from None
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """z_Delta, the multiplier of the noise on the update sum: z itself with a fixed clip;
+        with adaptive clipping the larger value that leaves room for the count's noise."""
+        if not self.adaptive:
+            return self.noise_multiplier
+        return adaptive_clip.update_noise_multiplier(self.noise_multiplier, self.clip_count_stddev)
+
+    def adapt(self, centred_bits: float, population: int, server_round: int) -> float:
+        """Release the noised fraction of devices under S and move S for the next round.
+
+        ``centred_bits`` is the exact sum of (bit - 1/2) over the devices in this round's sum
+        (under SecAgg+ the server sees only that sum); N(0, sigma_b^2) is added here, once, and
+        only the noised fraction is kept. S stays within [max / 1e4, max]: the ceiling is what
+        SecAgg+'s quantizer was derived for. Returns the released fraction.
+        """
+        rng = self._rng(Stream.CLIP_COUNT_NOISE, server_round)
+        noise = float(rng.normal(0.0, self.clip_count_stddev))
+        cohort = self.sample_rate(population) * population
+        fraction = adaptive_clip.noised_clipped_fraction(centred_bits, noise, cohort)
+        moved = adaptive_clip.next_clip_norm(
+            self.clip_norm, fraction, self.clip_quantile, self.clip_learning_rate
+        )
+        self.clip_norm = min(max(moved, self.clip_norm_max * CLIP_FLOOR), self.clip_norm_max)
+        self.clip_fraction_under = fraction
+        return fraction
 
     def _rng(self, stream: Stream, server_round: int) -> np.random.Generator:
         return mechanism_rng(self.seed, stream, server_round)
@@ -139,7 +197,7 @@ class UserLevelDP:
         rng = self._rng(Stream.USER_DP_NOISE, server_round)
         denominator = self.sample_rate(population) * population
         return noisy_average(
-            updates, shapes, self.clip_norm, self.noise_multiplier, denominator, rng
+            updates, shapes, self.clip_norm, self.update_noise_multiplier, denominator, rng
         )
 
     def aggregate_sum(
@@ -148,11 +206,17 @@ class UserLevelDP:
         """The noised, fixed-denominator average from a sum of device-clipped updates (SecAgg+)."""
         rng = self._rng(Stream.USER_DP_NOISE, server_round)
         denominator = self.sample_rate(population) * population
-        return noised_sum(total, self.clip_norm, self.noise_multiplier, denominator, rng)
+        return noised_sum(total, self.clip_norm, self.update_noise_multiplier, denominator, rng)
 
-    def noise_stddev(self, population: int) -> float:
-        """Std of the noise on the average: z S / (q N)."""
-        return self.noise_multiplier * self.clip_norm / (self.sample_rate(population) * population)
+    def noise_stddev(self, population: int, clip_norm: float | None = None) -> float:
+        """Std of the noise on the average: z_Delta S / (q N) (S: this round's, by default)."""
+        clip = self.clip_norm if clip_norm is None else clip_norm
+        return self.update_noise_multiplier * clip / (self.sample_rate(population) * population)
+
+
+# Adaptive clipping never takes S below this fraction of its ceiling: SecAgg+'s quantization step
+# is fixed by the ceiling, and a far smaller S would be lost in it.
+CLIP_FLOOR = 1e-4
 
 
 def _mechanism_fields(config: RunConfig) -> dict[str, Any]:
@@ -321,6 +385,12 @@ class UserDPState:
                 raise ValueError("device noise needs the SecAgg+ plan and the model's dimension")
             return DeviceNoiseDP.from_config(config, self.population, self.dimension, self.secagg)
         return UserLevelDP.from_config(config, self.population)
+
+    def clip_norm(self, config: RunConfig) -> float:
+        """The S devices are told this round: the mechanism's (it moves under adaptive
+        clipping), or the configured one before the first round."""
+        dp = self.mechanism
+        return config.dp_user_clip_norm if dp is None else dp.clip_norm
 
     def noise_plan(self) -> DeviceNoisePlan | None:
         """The device-noise plan in force (None before the first round or for server noise)."""

@@ -31,6 +31,8 @@ from shared.secagg import SecAggConfigError, SecAggPlan, plan_secagg
 
 STRATEGIES = ("fedavg", "fedadam", "itemsum")
 NOISE_SOURCES = ("server", "devices")
+# Adaptive clipping's default ceiling on S: this many times the initial clip norm.
+ADAPTIVE_CLIP_HEADROOM = 10.0
 INTERACTION_MODES = ("local-epochs", "pooled")
 _LAYERS = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")  # mlp-layers: widths, ASCII digits only
 CANARY_UNITS = ("user", "interaction")
@@ -112,6 +114,12 @@ class RunConfig:
     dp_user_target_epsilon: float
     dp_user_delta: float
     dp_user_epsilon_cap: float
+    # adaptive clipping (Andrew et al. 2021): S follows a quantile of the devices' update norms
+    dp_user_adaptive_clip: bool
+    dp_user_clip_quantile: float  # gamma: the fraction of devices meant to be under S
+    dp_user_clip_learning_rate: float  # eta of the geometric update S <- S exp(-eta (b - gamma))
+    dp_user_clip_count_stddev: float  # sigma_b on the count of devices under S (0: cohort / 20)
+    dp_user_clip_norm_max: float  # S stays below this (0: 10 x dp-user-clip-norm): SecAgg+'s B
     # who adds the user-level noise: the server, or the devices inside SecAgg+ (Skellam)
     dp_noise_source: str
     dp_noise_min_survivors: int  # 0: secagg-reconstruction-threshold (the fewest SecAgg+ allows)
@@ -148,7 +156,7 @@ class RunConfig:
         if not self.secagg:
             return None
         return plan_secagg(
-            self.dp_user_clip_norm if self.dp_user else self.secagg_update_bound,
+            self.user_clip_ceiling if self.dp_user else self.secagg_update_bound,
             self.secagg_max_cohort,
             self.secagg_num_shares,
             self.secagg_reconstruction_threshold,
@@ -217,6 +225,14 @@ class RunConfig:
         """Whether interaction-level DP runs pooled: one clipped gradient sum per device and
         round, noised once on the cohort's sum (client/pooled.py, docs/design.md §4)."""
         return self.dp_interaction and self.dp_interaction_mode == "pooled"
+
+    @property
+    def user_clip_ceiling(self) -> float:
+        """The largest clip norm S a device can be told: S itself, or under adaptive clipping
+        ``dp-user-clip-norm-max`` (SecAgg+'s quantizer is derived for it, so nothing clips)."""
+        if not self.dp_user_adaptive_clip:
+            return self.dp_user_clip_norm
+        return self.dp_user_clip_norm_max or ADAPTIVE_CLIP_HEADROOM * self.dp_user_clip_norm
 
     @property
     def device_noise(self) -> bool:
@@ -337,6 +353,7 @@ class RunConfig:
         self._validate_privacy()
         self._validate_secagg()
         self._validate_noise_source()
+        self._validate_adaptive_clip()
         self._validate_audit()
 
     def _require(self, keys: tuple[str, ...], ok, requirement: str) -> None:
@@ -445,6 +462,41 @@ class RunConfig:
         for hit, why in refused:
             if hit:
                 raise ConfigError(f'dp-interaction-mode = "pooled": {why}')
+
+    def _validate_adaptive_clip(self) -> None:
+        if not 0 < self.dp_user_clip_quantile < 1:
+            raise ConfigError(
+                "dp-user-clip-quantile is the fraction of devices whose update should be within "
+                f"the clip norm: use a value in (0, 1), e.g. 0.5; got "
+                f"{self.dp_user_clip_quantile!r}"
+            )
+        if not self.dp_user_adaptive_clip:
+            return
+        refused = [
+            (not self.dp_user, "it adapts the user-level clip norm: set dp-user = true"),
+            (
+                self.device_noise,
+                "the devices' Skellam shares are planned for one fixed S (their scale and "
+                "sensitivity), and re-planning them every round is not built: use "
+                'dp-noise-source = "server", or turn adaptive clipping off',
+            ),
+        ]
+        for hit, why in refused:
+            if hit:
+                raise ConfigError(f"dp-user-adaptive-clip: {why}")
+        if self.user_clip_ceiling < self.dp_user_clip_norm:
+            raise ConfigError(
+                f"dp-user-clip-norm-max {self.dp_user_clip_norm_max} is below the initial "
+                f"dp-user-clip-norm {self.dp_user_clip_norm}: set it higher, or 0 for "
+                f"{ADAPTIVE_CLIP_HEADROOM:g} x dp-user-clip-norm"
+            )
+        stddev, z = self.dp_user_clip_count_stddev, self.dp_user_noise_multiplier
+        if stddev and not self.dp_user_target_epsilon and stddev <= z / 2:
+            raise ConfigError(
+                f"dp-user-clip-count-stddev {stddev} is too small for dp-user-noise-multiplier "
+                f"{z}: the count alone would spend the whole budget; set it above {z / 2:g} "
+                "(the paper: the expected cohort / 20), or 0 for that default"
+            )
 
     def _validate_noise_source(self) -> None:
         _one_of("dp-noise-source", self.dp_noise_source, NOISE_SOURCES)
@@ -568,12 +620,13 @@ _NON_NEGATIVE = (
     *("learning_rate_floor", "audit_canaries", "audit_poison_boost", "item_row_clip"),
     *("dp_noise_multiplier", "dp_target_epsilon", "dp_epsilon_cap"),
     *("dp_user_noise_multiplier", "dp_user_target_epsilon", "dp_user_epsilon_cap"),
+    *("dp_user_clip_count_stddev", "dp_user_clip_norm_max"),
 )
 _POSITIVE = (
     *("learning_rate", "centralized_learning_rate", "server_learning_rate"),
     *("personalize_learning_rate", "max_update_norm", "server_adam_tau"),
     *("dp_max_grad_norm", "dp_user_clip_norm", "secagg_timeout", "secagg_update_bound"),
-    "round_timeout",
+    *("round_timeout", "dp_user_clip_learning_rate"),
 )
 
 

@@ -102,6 +102,8 @@ class RoundRecord:
     secagg_dropped: int | None = None
     secagg_clipped_fraction: float | None = None
     noise_clamped: int | None = None  # device noise: coordinates clamped into SecAgg+'s range
+    clip_norm: float | None = None  # adaptive clipping: the S devices clipped to this round
+    clip_fraction_under: float | None = None  # ... and the noised fraction of them under it
     train_loss: float | None = None
     fit_seconds: float | None = None
     model_sha256: str | None = None  # the global model after the round (proof a skip kept it)
@@ -226,12 +228,22 @@ class UserLevel(_Unit):
     noise_clamped: int | None = None  # coordinates clamped this round (the failure event)
     clamp_probability: float | None = None  # P(any clamp so far) <= this (union bound)
     clamp_delta: float | None = None  # (1 + e^ε) clamp_probability: add it to δ
+    # Adaptive clipping only (Andrew et al. 2021; clip_norm is then this round's S). The
+    # accountant composes the update sum and the count as one Gaussian of noise_multiplier z.
+    clip_adaptive: bool | None = None
+    update_noise_multiplier: float | None = None  # z_Delta > z: the noise on the update sum
+    clip_count_stddev: float | None = None  # sigma_b: the noise on the count of centred bits
+    clip_quantile: float | None = None  # gamma: the fraction meant to be under S
+    clip_fraction_under: float | None = None  # released: the noised fraction under S
+    next_clip_norm: float | None = None  # S of the next round, from the released fraction
     extra: Mapping[str, Any] = field(default_factory=dict)
     OPTIONAL: ClassVar[frozenset[str]] = frozenset(
         {
             *("noise_source", "mu_device", "min_survivors", "survivors", "mu_present", "scale"),
             *("l2_sensitivity", "l1_sensitivity", "noise_clamped", "clamp_probability"),
             "clamp_delta",
+            *("clip_adaptive", "update_noise_multiplier", "clip_count_stddev", "clip_quantile"),
+            *("clip_fraction_under", "next_clip_norm"),
         }
     )
 

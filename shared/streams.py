@@ -38,6 +38,7 @@ class Stream(IntEnum):
     COHORT_SAMPLING = 23  # which users a round without user-level DP (or an evaluation) asks
     POOLED_DEVICE = 24  # pooled DP: a device's Poisson sample and private noise (research runs)
     POOLED_NOISE = 25  # pooled DP: the server's noise on the cohort's sum (research runs)
+    CLIP_COUNT_NOISE = 26  # adaptive clipping: the noise on the count under S (research runs)
 
 
 # A round's epochs get indices ``round * EPOCHS_PER_ROUND + epoch``; personalization (before

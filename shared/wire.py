@@ -18,6 +18,9 @@ SECAGG_BOUND = "confide.secagg-bound"
 # adds, in SecAgg+'s integer units. The device derives everything else itself (the scale from
 # SecAgg+'s own setup, its rounding bound from the clip norm), so the server sets only this.
 NOISE_MU = "confide.noise-mu"
+# Adaptive clipping (dp-user-adaptive-clip): 1 asks each device for its clip bit, whether its
+# update was within this round's CLIP_NORM before clipping (see CLIP_UNDER for how it travels).
+CLIP_BIT = "confide.clip-bit"
 
 # Users (dense ids, int64 bytes) a node that simulates a shard of them trains or evaluates this
 # round (cohort-size > 1, simulations only): the server's draw among the node's shard.
@@ -37,6 +40,12 @@ SECAGG_CLIPPED = "secagg_clipped"  # coordinates SecAgg+'s quantizer would clip 
 # Device noise: coordinates clamped into SecAgg+'s range after noising (the mechanism's failure
 # event, planned below 1e-15 per run; counted so that the ledger shows it if it ever happens)
 NOISE_CLAMPED = "noise_clamped"
+# Adaptive clipping without SecAgg+: how many of the reply's trained users had an update within
+# CLIP_NORM (0 or 1 for a device, up to its trained users for a shard). It says nothing the
+# server does not see already: a clipped update has norm exactly CLIP_NORM. Under SecAgg+ the bit
+# never travels in plaintext: it is one more masked coordinate, (bit - 1/2) x SECAGG_BOUND,
+# appended to the update (client/mods.py), and only the cohort's sum is unmasked.
+CLIP_UNDER = "confide.clip-under"
 # Rounded: the exact ε and σ would reveal the device's sampling rate, hence its data size.
 EPSILON_DECIMALS = 1
 

@@ -7,6 +7,7 @@ from server.steps.optimizer import ServerOptimizer
 from server.steps.records import PrivacyLedger, RoundRecorder
 from server.steps.release import DeviceNoise, MeanOfTrained, PooledNoise, UserLevelNoise
 from server.steps.replies import (
+    ClipCounts,
     DeviceReports,
     EnoughReplies,
     ItemRowClip,
@@ -16,6 +17,7 @@ from server.steps.replies import (
 from server.steps.sums import PlaintextSum, SecAggSum
 
 __all__ = [
+    "ClipCounts",
     "DeviceNoise",
     "DeviceReports",
     "EnoughReplies",

@@ -17,7 +17,7 @@ from shared.config import RunConfig
 from shared.pooled import plan_pooled
 from shared.records import UserLevel
 from shared.streams import Stream
-from shared.wire import CLIP_NORM, NOISE_MU
+from shared.wire import CLIP_BIT, CLIP_NORM, NOISE_MU
 
 
 class MeanOfTrained(Step):
@@ -61,6 +61,12 @@ class UserLevelNoise(Step):
     The sampling and the accountant live in :class:`server.user_dp.UserDPState`, shared with the
     Poisson sampler; this step adds the noise, tells the devices S, and writes the user-level
     ledger unit.
+
+    With adaptive clipping (``dp-user-adaptive-clip``) it also asks every device for its clip
+    bit, adds N(0, sigma_b^2) to the cohort's sum of centred bits (summed inside SecAgg+ when it
+    runs, so no single bit is seen), releases the noised fraction and moves S for the next round
+    (:meth:`server.user_dp.UserLevelDP.adapt`); the update noise is z_Delta S, and z, which the
+    two compose to, is what the accountant adds.
     """
 
     phase = Phase.RELEASE
@@ -70,31 +76,43 @@ class UserLevelNoise(Step):
     def __init__(self, config: RunConfig, state: UserDPState) -> None:
         self.config = config
         self.state = state
+        self._released: tuple[int, float] | None = None  # (round, the S it was clipped to)
 
     def instructions(self, rnd: RoundState) -> dict:
-        return {CLIP_NORM: self.config.dp_user_clip_norm}
+        out: dict = {CLIP_NORM: self.state.clip_norm(self.config)}
+        if self.config.dp_user_adaptive_clip:
+            out[CLIP_BIT] = 1
+        return out
 
     def release(self, rnd: RoundState, total: RoundSum) -> Aggregate:
         dp, population = self.state.mechanism, self.state.population
         update = dp.aggregate_sum(total.total, population, rnd.number)
+        self._released = (rnd.number, dp.clip_norm)
+        if dp.adaptive:
+            if total.centred_bits is None:
+                raise RuntimeError("adaptive clipping needs the round's clip bits in its sum")
+            fraction = dp.adapt(total.centred_bits, population, rnd.number)
+            rnd.note(clip_norm=self._released[1], clip_fraction_under=round(fraction, 6))
         return Aggregate(update=update, cohort=dp.sample_rate(population) * population)
 
     def ledger_units(self, rnd: RoundState) -> dict[str, UserLevel]:
         dp, population, record = self.state.mechanism, self.state.population, rnd.record
         if dp is None:
             return {"user_level": UserLevel(enabled=True)}
+        released = self._released is not None and self._released[0] == rnd.number
+        clip = self._released[1] if released else dp.clip_norm  # the S of this round
         return {
             "user_level": UserLevel(
                 enabled=True,
                 accountant=self.config.dp_accountant,
                 noise_multiplier=dp.noise_multiplier,
-                clip_norm=dp.clip_norm,
+                clip_norm=clip,
                 sample_rate=dp.sample_rate(population),
                 population=population,
                 expected_cohort=dp.sample_rate(population) * population,
                 sampled=record.fit_sampled or 0,
                 replied=(record.fit_replies or 0) - (record.budget_exhausted or 0),
-                noise_stddev=dp.noise_stddev(population),
+                noise_stddev=dp.noise_stddev(population, clip),
                 sampling="poisson",
                 delta=dp.delta,
                 epsilon_cap=self.config.dp_user_epsilon_cap or None,
@@ -102,8 +120,21 @@ class UserLevelNoise(Step):
                 rounds_accounted=dp.history.steps,
                 status=rnd.status(),
                 # noise_source absent: the server (the ledger's rows stay as they were)
+                **(_adaptive_fields(dp, released) if dp.adaptive else {}),
             )
         }
+
+
+def _adaptive_fields(dp, released: bool) -> dict:
+    """The adaptive clip's ledger fields: its parameters, and what this round released."""
+    return {
+        "clip_adaptive": True,
+        "update_noise_multiplier": dp.update_noise_multiplier,
+        "clip_count_stddev": dp.clip_count_stddev,
+        "clip_quantile": dp.clip_quantile,
+        "clip_fraction_under": dp.clip_fraction_under if released else None,
+        "next_clip_norm": dp.clip_norm,
+    }
 
 
 class DeviceNoise(Step):

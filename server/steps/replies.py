@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from logging import WARNING
 
 import numpy as np
@@ -18,6 +19,7 @@ from shared.privacy import clip_update
 from shared.records import InteractionLevel
 from shared.wire import (
     BUDGET_EXHAUSTED,
+    CLIP_UNDER,
     DP_EPSILON,
     DP_NOISE_MULTIPLIER,
     DP_STATUS,
@@ -67,19 +69,63 @@ class ReplyValidation(Step):
 
 
 class ServerClip(Step):
-    """User-level DP: clip each update to S again (a no-op for an honest device)."""
+    """User-level DP: clip each update to this round's S again (a no-op for an honest device)."""
 
     phase = Phase.REPLIES
     must_follow = ("ReplyValidation",)
 
-    def __init__(self, clip_norm: float) -> None:
-        self.clip_norm = clip_norm
+    def __init__(self, clip_norm: float | Callable[[], float]) -> None:
+        # this round's S: a callable when it moves (adaptive clipping)
+        self.clip_norm = clip_norm if callable(clip_norm) else (lambda: clip_norm)
 
     def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
+        clip = self.clip_norm()
         for reply in replies:
             if reply.trained and reply.update is not None:
-                reply.update = clip_update(reply.update, self.clip_norm)[0]
+                reply.update = clip_update(reply.update, clip)[0]
         return replies
+
+
+class ClipCounts(Step):
+    """Adaptive clipping without SecAgg+: each reply's count of users within S, checked.
+
+    A device reports 0 or 1, a shard up to its trained users (``confide.clip-under``); a reply
+    without a valid count is rejected like any malformed reply, since the count's sensitivity
+    (one user moves it by at most 1) is what the accountant assumes. The count reveals nothing
+    the server does not see already (a clipped update has norm exactly S); it is summed and
+    noised in the RELEASE step.
+    """
+
+    phase = Phase.REPLIES
+    must_follow = ("ReplyValidation", "ShardValidation", "DeviceReports")
+
+    def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
+        kept, lost = [], 0  # lost: users in rejected replies (a shard's count as its users)
+        for reply in replies:
+            count = reply.metrics.get(CLIP_UNDER)
+            if not reply.trained:
+                kept.append(reply)
+                continue
+            valid = isinstance(count, int) and not isinstance(count, bool)
+            if not (valid and 0 <= count <= reply.users):
+                err = InvalidReply(
+                    f"{CLIP_UNDER} must be a count of the reply's users within the clip norm, "
+                    f"0 to {reply.users}, got {count!r}"
+                )
+                log(WARNING, "round %d: rejected reply from node %s: %s",
+                    rnd.number, reply.node_id, err)  # fmt: skip
+                rnd.failures.append(err)
+                lost += reply.users + len(reply.declined)
+                continue
+            reply.clip_under = count
+            kept.append(reply)
+        if lost:
+            rnd.note(
+                fit_replies=(rnd.record.fit_replies or 0) - lost,
+                fit_rejected=(rnd.record.fit_rejected or 0) + lost,
+                fit_failures=(rnd.record.fit_failures or 0) + lost,
+            )
+        return kept
 
 
 class DeviceReports(Step):
@@ -195,7 +241,7 @@ class EnoughReplies(Step):
     """
 
     phase = Phase.REPLIES
-    must_follow = ("ReplyValidation", "DeviceReports", "ServerClip")
+    must_follow = ("ReplyValidation", "DeviceReports", "ServerClip", "ClipCounts")
 
     def __init__(self, min_replies: int) -> None:
         self.min_replies = min_replies

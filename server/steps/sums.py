@@ -59,7 +59,10 @@ class PlaintextSum(Step):
                 acc += np.multiply(part, w, dtype=np.float64)
             weight += part_weight
         users = sum(r.users for r in trained)
-        return RoundSum(total=total, weight=weight, trained=users)
+        bits = None  # adaptive clipping: ClipCounts checked every trained reply's count
+        if trained and all(r.clip_under is not None for r in trained):
+            bits = sum(r.clip_under - r.users / 2 for r in trained)
+        return RoundSum(total=total, weight=weight, trained=users, centred_bits=bits)
 
 
 class SecAggSum(Step):
@@ -80,11 +83,15 @@ class SecAggSum(Step):
         plan: SecAggPlan,
         model: ModelState,
         noise: Callable[[], DeviceNoisePlan | None] | None = None,
+        clip_bits: bool = False,
     ) -> None:
         self.base_plan = plan
         self.model = model
         # Device noise: the plan in force (derived when the population is known, round 1).
         self.noise = noise or (lambda: None)
+        # Adaptive clipping: each device appends its centred clip bit x B as one more masked
+        # coordinate (client/mods.py), so the server unmasks only the cohort's count.
+        self.clip_bits = clip_bits
 
     @property
     def plan(self) -> SecAggPlan:
@@ -134,10 +141,15 @@ class SecAggSum(Step):
             secagg_dropped=(rnd.record.fit_sampled or 0) - contributors,
         )
         results = [(None, r.res) for r in replies]
+        shapes = [*self.model.shapes, *([(1,)] if self.clip_bits else [])]
         try:
             noise = self._noise_norm(contributors)
-            mean = unmasked_mean(results, self.model.shapes, self.plan, noise_norm=noise)
-            rnd.note(secagg_clipped_fraction=clipped_fraction(results, self.model.size))
+            mean = unmasked_mean(
+                results, shapes, self.plan, noise_norm=noise, update_arrays=len(self.model.shapes)
+            )
+            bits = self._centred_bits(mean, contributors)
+            size = self.model.size + (1 if self.clip_bits else 0)
+            rnd.note(secagg_clipped_fraction=clipped_fraction(results, size))
             if self.noise() is not None:
                 rnd.note(noise_clamped=noise_clamped(results))
         except InvalidReply as err:
@@ -151,7 +163,22 @@ class SecAggSum(Step):
         if (loss := mean_loss(trained)) is not None:
             rnd.note(train_loss=loss)
         total = [m * contributors for m in mean]
-        return RoundSum(total=total, weight=float(len(trained)), trained=len(trained))
+        return RoundSum(
+            total=total, weight=float(len(trained)), trained=len(trained), centred_bits=bits
+        )
+
+    def _centred_bits(self, mean: list[np.ndarray], contributors: int) -> float | None:
+        """Adaptive clipping: pops the bit coordinate off ``mean`` and returns the cohort's sum
+        of (bit - 1/2), checked: each device's coordinate is within +-B / 2."""
+        if not self.clip_bits:
+            return None
+        centred = float(mean.pop()[0]) * contributors / self.plan.bound
+        if abs(centred) > contributors / 2 * (1 + 1e-6) + 1e-6:
+            raise InvalidReply(
+                f"the unmasked sum of clip bits is {centred:.4g}, outside +-{contributors / 2:g} "
+                f"for {contributors} devices: a device sent something other than its bit"
+            )
+        return centred
 
     def ledger_units(self, rnd: RoundState) -> dict[str, SecureAggregation]:
         return {

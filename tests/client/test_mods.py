@@ -211,3 +211,48 @@ def test_a_capped_device_refuses_a_device_noise_round_that_asks_for_no_noise():
         msg = _train_message({SERVER_ROUND: 2, SECAGG_BOUND: 0.5, CLIP_NORM: 0.5} | asks)
         with pytest.raises(PolicyViolation, match="device-epsilon-cap=8"):
             user_clipping_mod(msg, capped, _device(new))
+
+
+def _declining_device(msg, ctxt):
+    """A device at its budget: it sends the model back unchanged and says so."""
+    res = FitRes(
+        Status(Code.OK, ""), ndarrays_to_parameters(SENT), 1, {"dp_status": "budget-exhausted"}
+    )
+    return Message(fitres_to_recorddict(res, keep_input=True), reply_to=msg)
+
+
+@pytest.mark.parametrize(("delta", "under"), [(0.01, 1), (1.0, 0)])
+def test_adaptive_clipping_reports_the_bit_in_plaintext_from_the_norm_before_clipping(delta, under):
+    from shared.wire import CLIP_BIT, CLIP_UNDER
+
+    new = [SENT[0] + delta, SENT[1]]  # norm sqrt(12) x delta against S = 0.2
+    msg = _train_message({SERVER_ROUND: 2, CLIP_NORM: 0.2, CLIP_BIT: 1})
+    res = recorddict_to_fitres(user_clipping_mod(msg, _context(), _device(new)).content, True)
+    assert res.metrics[CLIP_UNDER] == under
+    update = [a - b for a, b in zip(to_arrays(res.parameters), SENT, strict=True)]
+    assert np.sqrt(sum(np.sum(u**2) for u in update)) <= 0.2 * (1 + 1e-6)  # still clipped
+    plain = _train_message({SERVER_ROUND: 2, CLIP_NORM: 0.2})  # no bit asked: none sent
+    assert (
+        CLIP_UNDER
+        not in recorddict_to_fitres(
+            user_clipping_mod(plain, _context(), _device(new)).content, True
+        ).metrics
+    )
+
+
+def test_under_secagg_the_bit_is_one_more_masked_coordinate_never_a_metric():
+    from shared.wire import CLIP_BIT, CLIP_UNDER
+
+    config = {SERVER_ROUND: 2, SECAGG_BOUND: 0.5, CLIP_NORM: 0.2, CLIP_BIT: 1}
+    cases = [
+        (_device([SENT[0] + 0.01, SENT[1]]), 0.25),  # within S: (1 - 1/2) x B
+        (_device([SENT[0] + 1.0, SENT[1]]), -0.25),  # clipped: (0 - 1/2) x B
+        (_declining_device, 0.0),  # at its budget: 0, like its update
+    ]
+    for device, coordinate in cases:
+        reply = user_clipping_mod(_train_message(config), _context(SECAGG_STATE), device)
+        res = recorddict_to_fitres(reply.content, keep_input=True)
+        sent = to_arrays(res.parameters)
+        assert [a.shape for a in sent] == [(4, 3), (5,), (1,)]
+        assert sent[2][0] == coordinate and abs(coordinate) <= SECAGG_STATE["clipping_range"]
+        assert CLIP_UNDER not in res.metrics

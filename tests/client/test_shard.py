@@ -93,3 +93,26 @@ def test_a_shard_evaluates_each_drawn_user_as_its_device_would(tmp_path):
         assert row[1] == alone.metrics["hr10"] and row[3] == alone.metrics["full_hr10"]
         np.testing.assert_array_equal(top, alone.top)
     assert count == 2 and loss == pytest.approx(rows[:, 0].mean())
+
+
+def test_under_adaptive_clipping_a_shard_counts_its_users_within_s(tmp_path):
+    from shared.wire import CLIP_BIT, CLIP_UNDER
+
+    config = small_config(out_dir=str(tmp_path), cohort_size=8, local_epochs=1, dp_user=True)
+    split = split_for(config)
+    params = global_arrays(config.build_model(split.num_items))
+    norms = []
+    for user in (9, 12, 15):  # each user's update norm, as its own device would see it
+        alone = DeviceClient(
+            config, split.user_data(user), user, FileState(tmp_path / f"alone-{user}.npz")
+        )
+        new, _, _ = alone.fit(params, {SERVER_ROUND: 1})
+        update = [a.astype(np.float64) - p for a, p in zip(new, params, strict=True)]
+        norms.append(clip_update(update, 1e9)[1])
+    low, mid, _ = sorted(norms)
+    clip = (low + mid) / 2  # exactly one user within S
+    shard = ShardClient(config, split, partition=1, policy=DevicePolicy())
+    instructions = {SERVER_ROUND: 1, SHARD_USERS: _users([9, 12, 15]), CLIP_NORM: clip}
+    _, _, metrics = shard.fit(params, instructions | {CLIP_BIT: 1})
+    assert metrics[CLIP_UNDER] == 1
+    assert CLIP_UNDER not in shard.fit(params, instructions)[2]  # asked for no bits: none

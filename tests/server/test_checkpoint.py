@@ -23,7 +23,7 @@ from shared.models import global_arrays, global_names
 from shared.records import CHECKPOINT_FILE, CONFIG_FILE, LEDGER_FILE, METRICS_FILE
 from shared.rundir import RunDirectory
 from shared.split import catalog_size
-from shared.wire import SERVER_ROUND
+from shared.wire import CLIP_UNDER, SERVER_ROUND
 from tests.conftest import read_jsonl, small_config
 from tests.server.rounds_driver import VOLATILE, Clients
 
@@ -41,6 +41,13 @@ CASES = {
         "dp_reproducible_noise": True,
         "dp_user_noise_multiplier": 2.0,
         "dp_user_epsilon_cap": 3.5,
+    },
+    "adaptive_clip": {  # S moves every round: the resumed run must go on from the saved S
+        "dp_user": True,
+        "dp_reproducible_noise": True,
+        "fraction_fit": 0.5,
+        "dp_user_adaptive_clip": True,
+        "dp_user_clip_count_stddev": 1.0,
     },
 }
 EVAL = {"hr10": 0.5, "ndcg10": 0.25, "full_hr10": 0.4, "full_ndcg10": 0.1}
@@ -74,6 +81,7 @@ def _drive(strategy, flower_rounds):
                 rng = np.random.default_rng((run_round, proxy.node_id))
                 new = [(a + rng.normal(scale=0.05, size=a.shape)).astype(a.dtype) for a in current]
                 metrics = {"dp_status": "trained", "dp_epsilon": 1.5, "dp_noise_multiplier": 1.0}
+                metrics[CLIP_UNDER] = proxy.node_id % 2  # read under adaptive clipping only
                 res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 1, metrics)
                 replies.append((proxy, res))
             new_params, _ = strategy.aggregate_fit(flower_round, replies, [])
@@ -121,6 +129,9 @@ def test_a_resumed_run_reaches_the_uninterrupted_one(tmp_path, name):
         assert g.dtype == w.dtype and g.tobytes() == w.tobytes()
     assert _rows(run_dir.path / METRICS_FILE) == _rows(tmp_path / "whole" / METRICS_FILE)
     assert [r["round"] for r in read_jsonl(run_dir.path / METRICS_FILE)] == [1, 2, 3, 4]
+    if whole.dp_user_adaptive_clip:  # S moved in every round, and on from where it was
+        clips = [e["user_level"]["clip_norm"] for e in _ledger(run_dir.path / LEDGER_FILE)]
+        assert len(set(clips)) == 4, clips
     if whole.dp_user:
         resumed_ledger = _ledger(run_dir.path / LEDGER_FILE)
         assert [e["round"] for e in resumed_ledger] == [1, 2, 3, 4]

@@ -247,3 +247,47 @@ def test_pooled_mode_is_a_property_of_interaction_level_dp():
     assert not small_config().pooled
     assert not small_config(dp_interaction=True).pooled  # local epochs stay the default
     assert small_config(dp_interaction=True, dp_interaction_mode="pooled").pooled
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dp_user_adaptive_clip": True}, "set dp-user = true"),
+        (
+            {
+                "dp_user_adaptive_clip": True,
+                "dp_user": True,
+                "secagg": True,
+                "dp_noise_source": "devices",
+            },
+            'use dp-noise-source = "server"',
+        ),
+        ({"dp_user_clip_quantile": 1.0}, r"in \(0, 1\)"),
+        ({"dp_user_clip_learning_rate": 0.0}, "dp-user-clip-learning-rate"),
+        (
+            {"dp_user_adaptive_clip": True, "dp_user": True, "dp_user_clip_norm_max": 0.5},
+            "below the initial dp-user-clip-norm 1.0",
+        ),
+        (
+            {"dp_user_adaptive_clip": True, "dp_user": True, "dp_user_clip_count_stddev": 0.4},
+            "set it above 0.5",  # z = 1: the count alone would spend the budget
+        ),
+    ],
+)
+def test_adaptive_clipping_refuses_what_cannot_work(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        small_config(**changes)
+
+
+def test_adaptive_clipping_derives_secagg_for_the_ceiling_of_s():
+    fixed = small_config(dp_user=True, secagg=True, dp_user_clip_norm=0.5)
+    adaptive = small_config(
+        dp_user=True, secagg=True, dp_user_clip_norm=0.5, dp_user_adaptive_clip=True
+    )
+    assert fixed.secagg_plan().bound == 0.5
+    assert adaptive.user_clip_ceiling == 5.0  # 10 x the initial S by default
+    assert adaptive.secagg_plan().bound == 5.0  # S can grow to it and nothing clips
+    capped = small_config(
+        dp_user=True, secagg=True, dp_user_adaptive_clip=True, dp_user_clip_norm_max=2.0
+    )
+    assert capped.secagg_plan().bound == 2.0

@@ -69,3 +69,26 @@ def test_pooled_interaction_level_dp_runs_under_secagg(tmp_path):
     # clients-per-round 10 of 30: a device's ε counts the rounds it was in (1 or 2)
     eps = {round(epsilon([(1.0, 0.5, k)], 1e-5), 1) for k in (1, 2)}
     assert {ledger[1]["interaction_level"]["epsilon_max"]} <= eps
+
+
+@pytest.mark.slow
+def test_adaptive_clipping_under_secagg_moves_s_from_the_masked_count(tmp_path):
+    """Real SecAgg+ with each device's clip bit as one more masked coordinate: S starts far
+    below the devices' update norms, so nearly every bit is 0 and S must grow; the ledger shows
+    the released fraction, z_Delta for the update and the accountant's ε at z."""
+    out = tmp_path / "adaptive"
+    settings = {"dp-user-adaptive-clip": "true", "dp-user-clip-norm": 0.001}
+    smoke = "simulations/smoke-secagg.toml"
+    code, log = run_confide("simulate", "--config", smoke, "--out", str(out), settings=settings)
+    assert code == 0, log[-3000:]
+    records = read_jsonl(out / "metrics.jsonl")
+    assert not any("skipped" in r for r in records), records
+    ledger = [e["user_level"] for e in read_jsonl(out / "privacy_ledger.jsonl")]
+    assert [u["clip_norm"] for u in ledger] == [r["clip_norm"] for r in records]
+    assert ledger[0]["clip_norm"] == 0.001
+    for unit in ledger:
+        assert unit["clip_adaptive"] and unit["clip_fraction_under"] < 0.5  # few within S
+        assert unit["next_clip_norm"] > unit["clip_norm"]  # so S grows
+        assert unit["update_noise_multiplier"] > unit["noise_multiplier"] == 1.0
+    assert ledger[1]["clip_norm"] == pytest.approx(ledger[0]["next_clip_norm"])
+    assert ledger[1]["epsilon"] == pytest.approx(epsilon([(1.0, 0.5, 2)], 1e-5))
