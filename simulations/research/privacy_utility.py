@@ -44,7 +44,7 @@ EPSILONS = (1, 4, 8)
 @dataclass(frozen=True)
 class Row:
     name: str
-    unit: str  # "none", "interaction", "interaction-pooled" or "user"
+    unit: str  # "none", "interaction", "interaction-pooled", "user" or "user-adaptive"
     target_epsilon: float | None
     overrides: dict[str, Any] = field(default_factory=dict)
     config: Path | None = None  # the row's own config file (else the sweep's base config)
@@ -77,7 +77,8 @@ def default_rows(rounds: int, clients_per_round: int, population: int) -> list[R
     Interaction level: each device plans for the participations it expects plus two standard
     deviations (Flower samples a fixed K of N each round, so a device's count is binomial) and
     stops at its cap, so no device ever passes the target. User level: the server's accountant
-    solves for z over all rounds with q = K/N and the run stops at the cap.
+    solves for z over all rounds with q = K/N and the run stops at the cap. User level with an
+    adaptive clip: the same z, S from ``dp-user-clip-norm`` on, moved every round.
     """
     planned = planned_participations(rounds, clients_per_round, population)
     rows = [Row("none", "none", None)]
@@ -110,6 +111,17 @@ def default_rows(rounds: int, clients_per_round: int, population: int) -> list[R
                 },
             )
         )
+    # the same, with S tracking the median update norm (Andrew et al. 2021)
+    adaptive = {"dp-user-adaptive-clip": True}
+    rows += [
+        Row(
+            f"user-adaptive-{u.target_epsilon}",
+            "user-adaptive",
+            u.target_epsilon,
+            u.overrides | adaptive,
+        )  # fmt: skip
+        for u in rows[-len(EPSILONS) :]
+    ]
     return rows
 
 
@@ -257,7 +269,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         [(HR10, FULL_HR10, "HR@10"), (NDCG10, FULL_NDCG10, "NDCG@10")],
         strict=True,
     ):
-        for unit, marker in (("interaction", "o"), ("interaction-pooled", "^"), ("user", "s")):
+        markers = (("interaction", "o"), ("interaction-pooled", "^"), ("user", "s"))
+        for unit, marker in (*markers, ("user-adaptive", "D")):
             points = sorted(
                 (r["target_epsilon"], r[sampled], r[full]) for r in rows if r["unit"] == unit
             )

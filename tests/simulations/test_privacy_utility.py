@@ -22,6 +22,9 @@ def test_rows_are_valid_configs_with_binomial_planning():
         "user-1",
         "user-4",
         "user-8",
+        "user-adaptive-1",
+        "user-adaptive-4",
+        "user-adaptive-8",
     ]
     q = 100 / 943
     planned = math.ceil(150 * q + 2 * math.sqrt(150 * q * (1 - q)))  # 15.9 + 2 x 3.77
@@ -35,7 +38,8 @@ def test_rows_are_valid_configs_with_binomial_planning():
             assert config.dp_epsilon_cap == config.dp_target_epsilon == row.target_epsilon
         else:
             assert config.dp_user and not config.dp_interaction
-            assert config.dp_user_epsilon_cap == config.dp_user_target_epsilon
+            assert config.dp_user_epsilon_cap == config.dp_user_target_epsilon == row.target_epsilon
+            assert config.dp_user_adaptive_clip is (row.unit == "user-adaptive")
         assert 1e-5 in (config.dp_delta, config.dp_user_delta)
 
 
