@@ -16,8 +16,15 @@ peak RSS is its own (docs/design.md §9):
   simulation startup and evaluation are not counted. Peak RSS there is the largest sum of
   RSS over the process tree (SuperLink, SuperExec, Ray workers), sampled.
 
+``*_pooled``: the same, under pooled interaction-level DP (``dp-interaction-mode = "pooled"``:
+one Poisson-sampled, clipped gradient sum at the global model per user and round, no local
+epochs; docs/design.md §4): per device (:func:`client.training_round.train`), on the cohort
+engine (:func:`client.shard.pooled_shard`, one model with a row per user) and in Flower.
+
 ``users_per_s`` = users / seconds; ``ratio_to_floor`` = the floor's seconds / this row's seconds
-(1.0 is as fast as the floor; the plain floor for plain rows, the DP floor for DP rows).
+(1.0 is as fast as the floor; the plain floor for plain rows, the DP floor for DP rows). A pooled
+row is compared to the local-epochs DP floor: above 1.0 it is cheaper than the kernel of a
+local-epochs DP round, which is what it replaces.
 """
 
 from __future__ import annotations
@@ -46,12 +53,18 @@ ROWS = (
     "cohort_dp",
     "flower_cohort_plain",
     "flower_cohort_dp",
+    "per_device_pooled",
+    "cohort_pooled",
+    "flower_pooled",
+    "flower_cohort_pooled",
 )
 FLOWER_SHARDS = 2  # flower_cohort_*: the cohort in two shards, one Ray actor (core) each
 QUICK = {"users": 16, "repeats": 1}
 FULL = {"users": 100, "repeats": 3}
 DP_SETTINGS = {"dp-interaction": True}  # σ, C, δ from the config (defaults: σ 1.0, C 1.0)
 SECAGG_SETTINGS = {"secagg": True}
+# pooled rows: the rate and σ from the config; the server steps with Adam (item-sum is refused)
+POOLED_SETTINGS = DP_SETTINGS | {"dp-interaction-mode": "pooled", "strategy": "fedadam"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,8 @@ def row_values(spec: BenchSpec, row: str) -> dict[str, Any]:
     values["secagg"] = False
     if row.endswith("_dp") or row.endswith("_dp_secagg"):
         values |= DP_SETTINGS
+    if row.endswith("_pooled"):
+        values |= POOLED_SETTINGS
     if row.endswith("_secagg"):
         values |= SECAGG_SETTINGS
     values["cohort-size"] = (
@@ -115,6 +130,11 @@ def _prepare(config, row: str, users: int):
         return lambda: [
             training_round.train(config, u.data, u.user_id, 1, params, None) for u in shard
         ]
+    if row.startswith("cohort") and config.pooled:
+        from client.policy import DevicePolicy
+        from client.shard import pooled_shard
+
+        return lambda: pooled_shard(config, shard, 1, params, DevicePolicy())
     if row.startswith("cohort"):
         return lambda: cohort.train_shard(config, shard, 1, params)
     # the floor: the same kernel on tensors prepared before the clock starts

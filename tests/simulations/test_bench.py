@@ -11,12 +11,15 @@ from simulations.cli import main
 
 def test_the_bench_writes_every_row_it_ran_as_a_ratio_to_the_floor(tmp_path):
     out = tmp_path / "bench"
-    only = "per_device_plain,cohort_dp"
+    only = "per_device_plain,cohort_dp,per_device_pooled,cohort_pooled"
     code = main(["bench", "--config", "smoke", "--users", "6", "--only", only, "--out", str(out)])
     assert code == 0
     result = json.loads((out / "bench.json").read_text())
     names = [r["name"] for r in result["rows"]]
-    assert names == ["floor_plain", "floor_dp", "per_device_plain", "cohort_dp"]
+    assert names == [
+        *("floor_plain", "floor_dp", "per_device_plain", "cohort_dp"),
+        *("per_device_pooled", "cohort_pooled"),
+    ]
     for row in result["rows"]:
         assert {"name", "users_per_s", "ratio_to_floor", "peak_rss_mb"} <= set(row)
         assert row["users"] == 6 and row["users_per_s"] > 0 and row["peak_rss_mb"] > 50
@@ -26,6 +29,10 @@ def test_the_bench_writes_every_row_it_ran_as_a_ratio_to_the_floor(tmp_path):
     cohort = next(r for r in result["rows"] if r["name"] == "cohort_dp")
     assert cohort["ratio_to_floor"] == pytest.approx(
         floors["floor_dp"]["seconds"] / cohort["seconds"], rel=1e-3
+    )
+    pooled = next(r for r in result["rows"] if r["name"] == "cohort_pooled")  # to the DP floor
+    assert pooled["ratio_to_floor"] == pytest.approx(
+        floors["floor_dp"]["seconds"] / pooled["seconds"], rel=1e-3
     )
     assert (out / "bench.png").stat().st_size > 1000
 
