@@ -23,6 +23,7 @@ import numpy as np
 
 from shared.data import AUTO, CSV_HEADERS, DATASETS
 from shared.data.delimited import check_delimiter
+from shared.data.generator import SHAPE_NAMES
 from shared.defaults import default_values
 from shared.faults import parse_fault
 from shared.models import MODELS, Recommender, build_model
@@ -56,6 +57,7 @@ class RunConfig:
     min_item_interactions: int  # ... and items with fewer, applied in turn until stable
     synthetic_users: int
     synthetic_items: int
+    synthetic_shape: str  # "default" | "movielens" (shared/data/generator.py: SHAPES)
     num_items: int
     eval_negatives: int
     train_negatives: int
@@ -312,6 +314,7 @@ class RunConfig:
 
     def validate(self) -> None:
         _one_of("dataset", self.dataset, DATASETS)
+        _one_of("synthetic-shape", self.synthetic_shape, SHAPE_NAMES)
         _one_of("model", self.model, MODELS)
         _one_of("strategy", self.strategy, STRATEGIES)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)

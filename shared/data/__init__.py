@@ -76,6 +76,7 @@ def load_dataset(
     seed: int = 0,
     synthetic_users: int = 300,
     synthetic_items: int = 500,
+    synthetic_shape: str = "default",
     csv_delimiter: str = AUTO,
     csv_header: str = AUTO,
 ) -> Interactions:
@@ -89,7 +90,7 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if name == "synthetic":
-        return synthetic(synthetic_users, synthetic_items, seed)
+        return synthetic(synthetic_users, synthetic_items, seed, synthetic_shape)
     expected, loader = _DATASET_FILES[name]
     if not data_dir:
         raise ValueError(
@@ -115,6 +116,7 @@ class DataSource:
     seed: int
     synthetic_users: int
     synthetic_items: int
+    synthetic_shape: str
     csv_delimiter: str
     csv_header: str
     min_rating: float
@@ -145,6 +147,7 @@ class DataSource:
             seed=self.seed,
             synthetic_users=self.synthetic_users,
             synthetic_items=self.synthetic_items,
+            synthetic_shape=self.synthetic_shape,
             csv_delimiter=self.csv_delimiter,
             csv_header=self.csv_header,
         )
