@@ -15,18 +15,14 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from server.app import build_round
-from server.strategy import ConfideStrategy
-from server.validation import ReplyValidator
 from shared.adaptive_clip import next_clip_norm, update_noise_multiplier
 from shared.config import ConfigError
-from shared.models import build_model, global_arrays, global_names
 from shared.privacy import clip_update, epsilon
-from shared.rundir import RunDirectory
 from shared.streams import Stream, generator
 from shared.wire import CLIP_BIT, CLIP_NORM, CLIP_UNDER, SECAGG_BOUND
 from tests.conftest import read_jsonl, small_config
 from tests.server.rounds_driver import Clients
+from tests.server.test_golden_rounds import driven_strategy
 
 ADAPTIVE = {
     "dp_user": True,
@@ -42,13 +38,7 @@ ADAPTIVE = {
 
 def _strategy(tmp_path, **changes):
     config = small_config(out_dir=str(tmp_path), num_server_rounds=3, eval_every=3, **changes)
-    model = build_model(config.model, 1, 200, dim=8, mlp_layers=(16, 8), seed=0)
-    names, arrays = global_names(model), global_arrays(model)
-    validator = ReplyValidator.for_global(
-        names, arrays, max_num_examples=1000, max_update_norm=50.0
-    )
-    run_dir = RunDirectory.create(config, "federated")
-    strategy = ConfideStrategy(config, *build_round(config, names, arrays, run_dir, validator))
+    strategy, run_dir = driven_strategy(config)
     return config, strategy, run_dir.path
 
 

@@ -29,17 +29,22 @@ GOLDEN = json.loads(
 )
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_rounds_match_the_old_strategy(tmp_path, name):
-    changes = CASES[name]
-    config = small_config(out_dir=str(tmp_path), num_server_rounds=4, eval_every=2, **changes)
+def driven_strategy(config):
+    """The real strategy and pipeline over the driver's 200-item NeuMF, writing a run directory."""
     model = build_model(config.model, 1, 200, dim=8, mlp_layers=(16, 8), seed=0)
     names, arrays = global_names(model), global_arrays(model)
     validator = ReplyValidator.for_global(
         names, arrays, max_num_examples=1000, max_update_norm=50.0
     )
     run_dir = RunDirectory.create(config, "federated")
-    strategy = ConfideStrategy(config, *build_round(config, names, arrays, run_dir, validator))
+    return ConfideStrategy(config, *build_round(config, names, arrays, run_dir, validator)), run_dir
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rounds_match_the_old_strategy(tmp_path, name):
+    changes = CASES[name]
+    config = small_config(out_dir=str(tmp_path), num_server_rounds=4, eval_every=2, **changes)
+    strategy, run_dir = driven_strategy(config)
     got, want = drive(strategy, changes, run_dir.path), GOLDEN[name]
     assert got["sent"] == want["sent"]
     assert got["metrics"] == want["metrics"]
