@@ -97,6 +97,7 @@ def test_data_source_is_the_configs_data_keys() -> None:
         "seed": 4,
         "synthetic_users": 30,
         "synthetic_items": 200,
+        "synthetic_shape": "default",
         "csv_delimiter": "auto",
         "csv_header": "auto",
         "min_rating": 0.0,
