@@ -39,6 +39,7 @@ from shared.streams import Stream, generator, secret_seed
 from shared.wire import (
     BUDGET_EXHAUSTED,
     CLIP_BIT,
+    CLIP_BIT_UNITS,
     CLIP_NORM,
     CLIP_UNDER,
     DP_STATUS,
@@ -84,7 +85,7 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     clip bit, whether its update was within S before clipping: in plaintext as a metric (the
     clipped update shows it anyway), under SecAgg+ as one more masked coordinate,
     (bit - 1/2) x B (0 for a device that declined), so that only the cohort's count is
-    unmasked (:func:`clip_bit_coordinate`).
+    unmasked (:func:`centred_bit`); under device noise that coordinate is noised with the update.
     """
     if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
         return call_next(msg, ctxt)
@@ -115,9 +116,10 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
             raise ValueError("the local update is not finite: this device drops out of the round")
         limit = float(bound) if norm is None else min(float(bound), float(norm))
         clipped, before = clip_update(update, limit)
-        clipped, clamped = _device_noise(msg, ctxt, fit_ins.config, clipped, limit)
-        if bit:
-            clipped.append(clip_bit_coordinate(before <= limit, declined, float(bound)))
+        centred = centred_bit(before <= limit, declined) if bit else None
+        clipped, clamped = _device_noise(msg, ctxt, fit_ins.config, clipped, limit, centred)
+        if centred is not None and clamped is None:  # server noise: the bit in float units
+            clipped.append(np.array([centred * float(bound)], dtype=np.float64))
         fit_res.parameters = ndarrays_to_parameters(clipped)
         fit_res.num_examples, fit_res.metrics = shape_masked_reply(
             fit_res.metrics, _quantizer_clips(ctxt, clipped), clamped
@@ -126,16 +128,17 @@ def user_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     return reply
 
 
-def clip_bit_coordinate(under: bool, declined: bool, bound: float) -> np.ndarray:
-    """Adaptive clipping under SecAgg+: the clip bit as one masked coordinate.
+def centred_bit(under: bool, declined: bool) -> float:
+    """Adaptive clipping under SecAgg+: the clip bit, centred, as one more masked coordinate.
 
-    Centred, (bit - 1/2) x B: one device then moves the unmasked sum by at most B / 2 (what the
-    count's noise is calibrated to, shared/adaptive_clip.py), and |value| <= B / 2 is within the
-    quantizer's range c >= B, so it can neither clip nor wrap. A device that declined (at its
-    budget) sends 0, as its update is 0.
+    (bit - 1/2), scaled by B: with server noise B is SecAgg+'s bound (|value| <= B / 2 is within
+    the quantizer's range c >= B, so it can neither clip nor wrap); with device noise it is the
+    round's integer B, noised with the update (:func:`client.noise.noised_for_secagg`). One
+    device then moves the unmasked sum by at most B / 2, what the count's noise is calibrated
+    to (shared/adaptive_clip.py). A device that declined (at its budget) sends 0, as its update
+    is 0.
     """
-    value = 0.0 if declined else (0.5 if under else -0.5) * bound
-    return np.array([value], dtype=np.float64)
+    return 0.0 if declined else (0.5 if under else -0.5)
 
 
 def _secagg_state(ctxt: Context):
@@ -149,9 +152,15 @@ def _secagg_state(ctxt: Context):
 
 
 def _device_noise(
-    msg: Message, ctxt: Context, instructions, clipped: list[np.ndarray], clip_norm: float
+    msg: Message,
+    ctxt: Context,
+    instructions,
+    clipped: list[np.ndarray],
+    clip_norm: float,
+    centred: float | None,
 ) -> tuple[list[np.ndarray], int | None]:
-    """This device's noise share on its clipped update (device noise only; else unchanged)."""
+    """This device's noise share on its clipped update and its centred clip bit, if asked
+    (device noise only; else unchanged, and the clamped count is None)."""
     config = RunConfig.from_mapping(ctxt.run_config)
     mu = instructions.get(NOISE_MU)
     policy = DevicePolicy.from_node_config(ctxt.node_config, deployed=uses_store(ctxt.node_config))
@@ -171,6 +180,8 @@ def _device_noise(
         int(state["target_range"]),
         float(mu),
         rng,
+        centred,
+        instructions.get(CLIP_BIT_UNITS, 0) if centred is not None else 0,
     )
 
 

@@ -122,7 +122,13 @@ def build_round(
         *([EnoughReplies(config.min_fit_clients)] if plaintext else []),  # else: skip the round
         PlaintextSum(model, uniform=uniform)
         if plaintext
-        else SecAggSum(plan, model, user.noise_plan, clip_bits=adaptive),
+        else SecAggSum(
+            plan,
+            model,
+            user.noise_plan,
+            clip_bits=adaptive,
+            bit_coordinate=user.clip_bit_coordinate,
+        ),
         release(config, user),  # who adds the noise: nobody, the server or the devices
         optimizer,
         RoundRecorder(run_dir, config.num_server_rounds),  # metrics.jsonl + progress line

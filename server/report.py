@@ -75,6 +75,14 @@ CAVEATS = {
     "(under SecAgg+ summed inside the masked sum, never one device's bit); the same ε covers "
     "it: the accountant composes the update noise (multiplier {zd}) and the count as one "
     "Gaussian of multiplier {z}.",
+    "adaptive_devices": "The clip norm S adapted every round (Andrew et al. 2021): from {first} "
+    "to {last} (ceiling {ceiling}), towards the {quantile} quantile of the devices' update "
+    "norms. Each device sent its clip bit as one more coordinate of its noised integer vector, "
+    "so the server unmasked only the cohort's count, already noised by the devices (std at "
+    "least {sigma} with the fewest survivors; the server adds nothing), and released the "
+    "fraction within S. The same ε covers it: each round is accounted as one Skellam mechanism "
+    "of the (update, bit) vector at that round's S, whose Gaussian-equivalent multiplier is "
+    "{z} (the update's share: {zd}).",
     "devices": 'User-level DP with device-added noise (dp-noise-source = "devices"): every '
     "device adds its share of Skellam noise (Agarwal, Kairouz, Liu 2021) to its clipped, "
     "quantized update before SecAgg+ masks it, and the server adds nothing. The ε holds against "
@@ -295,8 +303,9 @@ def _adaptive_clip(config: dict, rows, last, caveats: list[str]) -> dict[str, An
         return {}
     clips = [u.clip_norm for _, _, u in rows if u.clip_norm is not None]
     ceiling = config.get("dp-user-clip-norm-max") or 10 * (clips[0] if clips else 0)
+    devices = last.noise_source == "devices"
     caveats.append(
-        CAVEATS["adaptive"].format(
+        CAVEATS["adaptive_devices" if devices else "adaptive"].format(
             first=fmt(clips[0]),
             last=fmt(last.next_clip_norm),
             ceiling=fmt(ceiling),

@@ -31,7 +31,8 @@ accountant (:mod:`shared.skellam`) composes the noise the survivors actually add
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,21 +121,12 @@ class UserLevelDP:
     def _adapt_from(self, config: RunConfig, population: int) -> None:
         """Adaptive clipping's parameters; refuses a count noise the budget cannot pay for."""
         cohort = self.sample_rate(population) * population
-        self.adaptive = True
-        self.clip_quantile = config.dp_user_clip_quantile
-        self.clip_learning_rate = config.dp_user_clip_learning_rate
-        self.clip_count_stddev = config.dp_user_clip_count_stddev or (
-            adaptive_clip.default_count_stddev(cohort)
-        )
-        self.clip_norm_max = config.user_clip_ceiling
+        for name, value in _adaptive_fields(config, cohort).items():
+            setattr(self, name, value)
         try:
             adaptive_clip.update_noise_multiplier(self.noise_multiplier, self.clip_count_stddev)
         except ValueError as err:
-            raise ConfigError(
-                f"{err} (the expected cohort is {cohort:g} devices: with few devices per round "
-                "the default cannot pay for the count; raise clients-per-round or set "
-                "dp-user-clip-count-stddev)"
-            ) from None
+            raise _count_noise_error(err, cohort) from None
 
     @property
     def update_noise_multiplier(self) -> float:
@@ -156,11 +148,7 @@ class UserLevelDP:
         noise = float(rng.normal(0.0, self.clip_count_stddev))
         cohort = self.sample_rate(population) * population
         fraction = adaptive_clip.noised_clipped_fraction(centred_bits, noise, cohort)
-        moved = adaptive_clip.next_clip_norm(
-            self.clip_norm, fraction, self.clip_quantile, self.clip_learning_rate
-        )
-        self.clip_norm = min(max(moved, self.clip_norm_max * CLIP_FLOOR), self.clip_norm_max)
-        self.clip_fraction_under = fraction
+        _move_clip(self, fraction)
         return fraction
 
     def _rng(self, stream: Stream, server_round: int) -> np.random.Generator:
@@ -219,6 +207,58 @@ class UserLevelDP:
 CLIP_FLOOR = 1e-4
 
 
+def _adaptive_fields(config: RunConfig, cohort: float) -> dict[str, Any]:
+    """Adaptive clipping's parameters for a mechanism, from the config and the expected cohort."""
+    return {
+        "adaptive": True,
+        "clip_quantile": config.dp_user_clip_quantile,
+        "clip_learning_rate": config.dp_user_clip_learning_rate,
+        "clip_count_stddev": config.dp_user_clip_count_stddev
+        or adaptive_clip.default_count_stddev(cohort),
+        "clip_norm_max": config.user_clip_ceiling,
+    }
+
+
+def _count_noise_error(err: ValueError, cohort: float) -> ConfigError:
+    return ConfigError(
+        f"{err} (the expected cohort is {cohort:g} devices: with few devices per round the "
+        "default cannot pay for the count; raise clients-per-round or set "
+        "dp-user-clip-count-stddev)"
+    )
+
+
+def _move_clip(dp: UserLevelDP | DeviceNoiseDP, fraction: float) -> None:
+    """S <- S exp(-eta (fraction - gamma)), kept within [ceiling x CLIP_FLOOR, ceiling]."""
+    moved = adaptive_clip.next_clip_norm(
+        dp.clip_norm, fraction, dp.clip_quantile, dp.clip_learning_rate
+    )
+    dp.clip_norm = min(max(moved, dp.clip_norm_max * CLIP_FLOOR), dp.clip_norm_max)
+    dp.clip_fraction_under = fraction
+
+
+def _with_bit_share(
+    mu_for: Callable[[float], float],
+    ceiling: float,
+    dimension: int,
+    count_stddev: float,
+    cohort: float,
+) -> Callable[[float], float]:
+    """Device noise with adaptive clipping: the total mu at the ceiling that leaves room for the
+    clip bit. ``mu_for`` gives the mu of a joint multiplier z (integer domain: z = sqrt(mu) /
+    Δ2); the update then needs z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2), as with server noise."""
+
+    def with_bit(scale: float) -> float:
+        l2 = skellam.rounded_l2(ceiling * scale, dimension)
+        z = math.sqrt(mu_for(scale)) / l2
+        try:
+            z_update = adaptive_clip.update_noise_multiplier(z, count_stddev)
+        except ValueError as err:
+            raise _count_noise_error(err, cohort) from None
+        return (z_update * l2) ** 2
+
+    return with_bit
+
+
 def _mechanism_fields(config: RunConfig) -> dict[str, Any]:
     """What every user-level mechanism takes from the config: S, δ, the cap, the sampling rule
     and the seed (None: its randomness comes from OS entropy)."""
@@ -256,6 +296,18 @@ def poisson_draw(node_ids: Sequence[int], q: float, rng: np.random.Generator) ->
     return [node for node, u in zip(ordered, rng.random(len(ordered)), strict=True) if u < q]
 
 
+@dataclass(frozen=True)
+class RoundTerms:
+    """One round of device noise: what each device adds and the sensitivities it is accounted
+    with (integer units). ``bit_units`` B: a device's clip bit travels as (b - 1/2) B (0 without
+    adaptive clipping)."""
+
+    mu_device: float
+    l1: float
+    l2: float
+    bit_units: int = 0
+
+
 @dataclass
 class DeviceNoiseDP:
     """User-level DP with the noise added by the devices inside SecAgg+ (Skellam mechanism).
@@ -266,6 +318,11 @@ class DeviceNoiseDP:
     allows (``plan.min_survivors``: conservative, and what stays if the round halts), then
     :meth:`settle` re-accounts it with the survivors the protocol reports, so a round with fewer
     survivors shows a larger ε, never a hidden one.
+
+    With adaptive clipping the plan is derived for the ceiling S may reach, and every round's
+    terms follow this round's S (:meth:`round_terms`): the noise shrinks with the rounded
+    sensitivity, so each round costs what the plan's round at the ceiling costs, and the clip bit
+    is one more coordinate of the same noised vector (docs/design.md §4).
     """
 
     plan: DeviceNoisePlan
@@ -277,14 +334,27 @@ class DeviceNoiseDP:
     seed: int | None
     history: skellam.SkellamHistory = field(default_factory=skellam.SkellamHistory)
     accountant: str = "rdp"  # Skellam RDP (shared.skellam), converted as Opacus' RDP does
+    adaptive: bool = False
+    clip_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    clip_count_stddev: float = 0.0  # sigma_b: the count's noise std (count units) at min_survivors
+    clip_norm_max: float = 0.0
+    clip_fraction_under: float | None = None  # the last released noised fraction under S
+    sampled_clip: float = 0.0  # the S of the round last sampled (0: none yet)
 
     @classmethod
     def from_config(
         cls, config: RunConfig, population: int, dimension: int, secagg: SecAggPlan
     ) -> DeviceNoiseDP:
-        """The mechanism for this run; with a target ε, mu is calibrated at ``min_survivors``."""
+        """The mechanism for this run; with a target ε, mu is calibrated at ``min_survivors``.
+
+        With adaptive clipping the plan holds the ceiling (``secagg.bound``), and its mu also
+        carries the clip bit's share: the update's part of the noise is then z_Delta, and z,
+        which the two compose to, is what the target asks (:func:`_with_bit_share`).
+        """
         q = sample_rate(config.clients_per_round, config.fraction_fit, population)
         rounds = config.num_server_rounds
+        extra: dict[str, Any] = {}
         mu_for = None
         if config.dp_user_target_epsilon > 0:
 
@@ -296,9 +366,17 @@ class DeviceNoiseDP:
                     rounds,
                     scale,
                     dimension,
-                    config.dp_user_clip_norm,
+                    secagg.bound,
                 )
 
+        if config.dp_user_adaptive_clip:
+            extra = _adaptive_fields(config, q * population)
+            base = mu_for or (
+                lambda scale: (config.dp_user_noise_multiplier * secagg.bound * scale) ** 2
+            )
+            mu_for = _with_bit_share(
+                base, secagg.bound, dimension, extra["clip_count_stddev"], q * population
+            )
         plan = plan_device_noise(
             secagg,
             dimension,
@@ -306,14 +384,69 @@ class DeviceNoiseDP:
             config.noise_min_survivors,
             rounds,
             mu_for,
+            rounding_at=config.dp_user_clip_norm,
         )
-        return cls(plan=plan, **_mechanism_fields(config))
+        mechanism = cls(plan=plan, **_mechanism_fields(config), **extra)
+        if mechanism.adaptive:
+            mechanism._check_bit_range()
+        return mechanism
+
+    def _check_bit_range(self) -> None:
+        """The bit's |(b - 1/2) B| must fit the room the plan keeps for a coordinate (<= Δ2)."""
+        terms = self.round_terms(self.clip_norm_max)
+        if terms.bit_units / 2 > math.ceil(self.plan.l2):
+            sigma = self.clip_count_stddev
+            raise ConfigError(
+                f"dp-user-clip-count-stddev {sigma:g} is so small that the clip bit would need "
+                f"{terms.bit_units / 2:g} integer units, more than the update's sensitivity "
+                f"{self.plan.l2:.6g} that SecAgg+'s range is planned for: raise it (the paper "
+                "uses the expected cohort / 20)"
+            )
+
+    def round_terms(self, clip: float | None = None) -> RoundTerms:
+        """This round's device mu and sensitivities at S = ``clip`` (default: the current S).
+
+        Fixed clip: the plan's. Adaptive: the update's rounded Δ2 at S, mu scaled with Δ2² (so
+        Δ2² / mu stays the plan's), and B the largest even integer with sqrt(mu) / B >= sigma_b
+        at the fewest survivors, so the count's noise is at least sigma_b; the joint Δ2 of
+        (update, bit) is sqrt(Δ2² + (B / 2)²) and Δ1 grows by B / 2.
+        """
+        plan = self.plan
+        if not self.adaptive:
+            return RoundTerms(plan.mu_device, plan.l1, plan.l2)
+        s = self.clip_norm if clip is None else clip
+        l2_update = skellam.rounded_l2(s * plan.scale, plan.dimension)
+        mu_total = plan.mu_target * (l2_update / plan.l2) ** 2
+        bit = adaptive_clip.bit_units(mu_total, self.clip_count_stddev)
+        return RoundTerms(
+            mu_device=mu_total / plan.min_survivors,
+            l1=skellam.rounded_l1(l2_update, plan.dimension) + bit / 2,
+            l2=math.hypot(l2_update, bit / 2),
+            bit_units=bit,
+        )
+
+    def round_clip(self) -> float:
+        """The S of the round in progress (the one last sampled)."""
+        return self.sampled_clip or self.clip_norm
+
+    def adapt(self, noised_centred_bits: float, population: int) -> float:
+        """Release the fraction under S from the count the devices noised, and move S.
+
+        The server adds nothing: the unmasked count already holds the survivors' Skellam noise.
+        """
+        cohort = self.sample_rate(population) * population
+        fraction = adaptive_clip.noised_clipped_fraction(noised_centred_bits, 0.0, cohort)
+        _move_clip(self, fraction)
+        return fraction
 
     def sample_rate(self, population: int) -> float:
         return sample_rate(self.clients_per_round, self.sample_fraction, population)
 
-    def _round(self, q: float, survivors: int) -> tuple[float, float, float, float]:
-        return (self.plan.mu_device * survivors, q, self.plan.l1, self.plan.l2)
+    def _round(
+        self, q: float, survivors: int, clip: float | None = None
+    ) -> tuple[float, float, float, float]:
+        terms = self.round_terms(clip)
+        return (terms.mu_device * survivors, q, terms.l1, terms.l2)
 
     def epsilon(self) -> float:
         return self.history.epsilon(self.delta)
@@ -331,6 +464,7 @@ class DeviceNoiseDP:
         q = self.sample_rate(len(node_ids))
         rng = mechanism_rng(self.seed, Stream.USER_DP_SAMPLING, server_round)
         chosen = poisson_draw(node_ids, q, rng)
+        self.sampled_clip = self.clip_norm
         self.history = self.history.add(*self._round(q, self.plan.min_survivors))
         return chosen
 
@@ -341,14 +475,16 @@ class DeviceNoiseDP:
         it is: its ε is larger, and shown.
         """
         q = self.sample_rate(population)
-        self.history = self.history.replace_last_round(*self._round(q, survivors))
+        terms = self._round(q, survivors, self.round_clip())
+        self.history = self.history.replace_last_round(*terms)
 
     def mu_present(self, survivors: int) -> float:
-        return self.plan.mu_device * survivors
+        return self.round_terms(self.round_clip()).mu_device * survivors
 
     def noise_stddev(self, population: int, survivors: int) -> float:
         """Std of the noise on the released average: sqrt(mu present) / scale / (q N)."""
-        return self.plan.float_stddev(survivors) / (self.sample_rate(population) * population)
+        std = math.sqrt(self.mu_present(survivors)) / self.plan.scale
+        return std / (self.sample_rate(population) * population)
 
     def to_meta(self) -> dict[str, Any]:
         """Plain data for a checkpoint (the history is saved as an array beside it)."""
@@ -391,6 +527,17 @@ class UserDPState:
         clipping), or the configured one before the first round."""
         dp = self.mechanism
         return config.dp_user_clip_norm if dp is None else dp.clip_norm
+
+    def clip_bit_coordinate(self, contributors: int) -> tuple[float, float] | None:
+        """Adaptive clipping under device noise: (float units of one centred bit in the unmasked
+        sum, the std of the noise on the cohort's count) this round. None: the bit travels as
+        (b - 1/2) x SecAgg+'s bound, with no noise on it before the server adds its own."""
+        dp = self.mechanism
+        if not isinstance(dp, DeviceNoiseDP) or not dp.adaptive:
+            return None
+        terms = dp.round_terms(dp.round_clip())
+        count_std = math.sqrt(terms.mu_device * contributors) / terms.bit_units
+        return terms.bit_units / dp.plan.scale, count_std
 
     def noise_plan(self) -> DeviceNoisePlan | None:
         """The device-noise plan in force (None before the first round or for server noise)."""

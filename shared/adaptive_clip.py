@@ -15,6 +15,11 @@ to a large S). The paper tracks the gamma-quantile of the devices' update norms 
   ``z^-2 = z_Delta^-2 + (2 sigma_b)^-2``, i.e. ``z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``.
   The accountant keeps using z; only the update noise uses the larger z_Delta.
 
+Under device noise (Skellam inside SecAgg+) the bit is one more coordinate of each device's
+noised integer vector, (b_i - 1/2) B with B even (:func:`bit_units`): the noise on the count is
+then sqrt(mu) / B >= sigma_b in count units, and the pair is one Skellam mechanism whose l2
+sensitivity is sqrt(Δ2² + (B / 2)²), accounted as such (server/user_dp.py).
+
 What the released count reveals: the noised fraction of devices under the clip, to whoever reads
 the run's log (it is released in metrics.jsonl), with the same user-level guarantee as the run.
 """
@@ -62,3 +67,21 @@ def next_clip_norm(clip: float, fraction_under: float, target_quantile: float, l
     if clip <= 0:
         raise ValueError(f"clip norm must be > 0, got {clip}")
     return clip * math.exp(-lr * (fraction_under - target_quantile))
+
+
+def bit_units(mu_total: float, count_stddev: float) -> int:
+    """B, the integer units one centred clip bit is scaled by under device noise.
+
+    The largest even integer with sqrt(mu_total) / B >= sigma_b: the count's noise (Skellam of
+    variance mu_total, in integer units) is then at least sigma_b in count units, and
+    (b - 1/2) B is an exact integer. Refuses a noise too small to give B >= 2.
+    """
+    if count_stddev <= 0:
+        raise ValueError(f"the count's noise std must be > 0, got {count_stddev}")
+    units = 2 * math.floor(math.sqrt(max(mu_total, 0.0)) / (2 * count_stddev))
+    if units < 2:
+        raise ValueError(
+            f"a noise of variance {mu_total:g} integer units cannot carry a count of noise std "
+            f"{count_stddev:g}: the clip bit would need fewer than 2 units"
+        )
+    return units

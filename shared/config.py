@@ -475,18 +475,10 @@ class RunConfig:
             )
         if not self.dp_user_adaptive_clip:
             return
-        refused = [
-            (not self.dp_user, "it adapts the user-level clip norm: set dp-user = true"),
-            (
-                self.device_noise,
-                "the devices' Skellam shares are planned for one fixed S (their scale and "
-                "sensitivity), and re-planning them every round is not built: use "
-                'dp-noise-source = "server", or turn adaptive clipping off',
-            ),
-        ]
-        for hit, why in refused:
-            if hit:
-                raise ConfigError(f"dp-user-adaptive-clip: {why}")
+        if not self.dp_user:
+            raise ConfigError(
+                "dp-user-adaptive-clip: it adapts the user-level clip norm: set dp-user = true"
+            )
         if self.user_clip_ceiling < self.dp_user_clip_norm:
             raise ConfigError(
                 f"dp-user-clip-norm-max {self.dp_user_clip_norm_max} is below the initial "

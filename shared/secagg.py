@@ -236,6 +236,7 @@ def plan_device_noise(
     min_survivors: int,
     rounds: int,
     mu_for: Callable[[float], float] | None = None,
+    rounding_at: float | None = None,
 ) -> DeviceNoisePlan:
     """Scale, c, T, per-device mu and the sensitivities for device noise; refuse what is unsafe.
 
@@ -244,7 +245,9 @@ def plan_device_noise(
     integer units instead (a target ε calibrates it; it depends on the scale through Δ).
     c is the smallest power of two >= S for which the clamping probability over ``rounds``
     rounds is at most :data:`CLAMP_BUDGET` and mu_device at most :data:`MAX_DEVICE_MU`.
-    Refused with values that work: no such c before the rounding inflates Δ2 by more than 1 %.
+    Refused with values that work: no such c before the rounding inflates Δ2 by more than 1 %
+    (at ``rounding_at``, the smallest S the devices start from, if below the bound: adaptive
+    clipping's plan holds its ceiling, and its rounding must stay fine where S starts).
     """
     if not 1 <= min_survivors <= plan.max_cohort:
         raise SecAggConfigError(
@@ -255,7 +258,10 @@ def plan_device_noise(
     def mu_fixed(z: float) -> Callable[[float], float]:
         return lambda scale: (z * plan.bound * scale) ** 2
 
-    found = _search(plan, dimension, mu_for or mu_fixed(noise_multiplier), min_survivors, rounds)
+    finest = min(plan.bound, rounding_at or plan.bound)
+    found = _search(
+        plan, dimension, mu_for or mu_fixed(noise_multiplier), min_survivors, rounds, finest
+    )
     if found is not None:
         return found
     t = plan.quantization_range
@@ -272,7 +278,7 @@ def plan_device_noise(
     low, high = 0.0, noise_multiplier  # the largest z that fits, by bisection
     for _ in range(50):
         mid = (low + high) / 2
-        fits = _search(plan, dimension, mu_fixed(mid), min_survivors, rounds) is not None
+        fits = _search(plan, dimension, mu_fixed(mid), min_survivors, rounds, finest) is not None
         low, high = (mid, high) if fits else (low, mid)
     survivors = math.ceil(min_survivors * (noise_multiplier / low) ** 2) if low > 0 else None
     more = ""
@@ -292,6 +298,7 @@ def _search(
     mu_for: Callable[[float], float],
     min_survivors: int,
     rounds: int,
+    finest: float,
 ) -> DeviceNoisePlan | None:
     """The smallest power-of-two c that holds the noise (see :func:`plan_device_noise`)."""
     from shared import skellam  # the mechanism's math; imported here to keep the plan light
@@ -301,7 +308,10 @@ def _search(
     for _ in range(MAX_RANGE_DOUBLINGS):
         scale = t / (2 * c)
         l2 = skellam.rounded_l2(bound * scale, dimension)
-        if l2 > (1 + ROUNDING_TOLERANCE) * bound * scale:
+        if (
+            skellam.rounded_l2(finest * scale, dimension)
+            > (1 + ROUNDING_TOLERANCE) * finest * scale
+        ):
             return None  # a wider range only makes the step coarser
         mu_target = mu_for(scale)
         mu_device = mu_target / min_survivors

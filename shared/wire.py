@@ -21,6 +21,9 @@ NOISE_MU = "confide.noise-mu"
 # Adaptive clipping (dp-user-adaptive-clip): 1 asks each device for its clip bit, whether its
 # update was within this round's CLIP_NORM before clipping (see CLIP_UNDER for how it travels).
 CLIP_BIT = "confide.clip-bit"
+# Adaptive clipping under device noise: the even integer B that each device scales its centred
+# clip bit by inside its noised integer vector, (bit - 1/2) x B (server/user_dp.RoundTerms).
+CLIP_BIT_UNITS = "confide.clip-bit-units"
 
 # Users (dense ids, int64 bytes) a node that simulates a shard of them trains or evaluates this
 # round (cohort-size > 1, simulations only): the server's draw among the node's shard.

@@ -12,12 +12,12 @@ import math
 
 from server.pipeline import Phase, Step
 from server.round import Aggregate, RoundState, RoundSum
-from server.user_dp import DeviceNoiseDP, UserDPState, mechanism_rng
+from server.user_dp import DeviceNoiseDP, RoundTerms, UserDPState, mechanism_rng
 from shared.config import RunConfig
 from shared.pooled import plan_pooled
 from shared.records import UserLevel
 from shared.streams import Stream
-from shared.wire import CLIP_BIT, CLIP_NORM, NOISE_MU
+from shared.wire import CLIP_BIT, CLIP_BIT_UNITS, CLIP_NORM, NOISE_MU
 
 
 class MeanOfTrained(Step):
@@ -162,10 +162,12 @@ class DeviceNoise(Step):
         return dp
 
     def instructions(self, rnd: RoundState) -> dict:
-        return {
-            CLIP_NORM: self.config.dp_user_clip_norm,
-            NOISE_MU: self._mechanism().plan.mu_device,
-        }
+        dp = self._mechanism()
+        terms = dp.round_terms()
+        out: dict = {CLIP_NORM: dp.clip_norm, NOISE_MU: terms.mu_device}
+        if dp.adaptive:  # the bit rides in the noised vector, scaled by this round's B
+            out |= {CLIP_BIT: 1, CLIP_BIT_UNITS: terms.bit_units}
+        return out
 
     def _settle(self, rnd: RoundState) -> None:
         survivors = rnd.record.secagg_survivors
@@ -176,8 +178,14 @@ class DeviceNoise(Step):
 
     def release(self, rnd: RoundState, total: RoundSum) -> Aggregate:
         self._settle(rnd)
-        population = self.state.population
-        denominator = self._mechanism().sample_rate(population) * population
+        dp, population = self._mechanism(), self.state.population
+        denominator = dp.sample_rate(population) * population
+        if dp.adaptive:  # the count arrives noised by the survivors: the server adds nothing
+            if total.centred_bits is None:
+                raise RuntimeError("adaptive clipping needs the round's clip bits in its sum")
+            clip = dp.round_clip()
+            fraction = dp.adapt(total.centred_bits, population)
+            rnd.note(clip_norm=clip, clip_fraction_under=round(fraction, 6))
         return Aggregate(update=[t / denominator for t in total.total], cohort=denominator)
 
     def ledger_units(self, rnd: RoundState) -> dict[str, UserLevel]:
@@ -191,13 +199,14 @@ class DeviceNoise(Step):
         epsilon = dp.epsilon()
         clamp = plan.clamp_probability(dp.history.steps)
         q = dp.sample_rate(population)
+        clip = dp.round_clip()
+        terms = dp.round_terms(clip)
         return {
             "user_level": UserLevel(
                 enabled=True,
                 accountant="skellam-rdp",
-                # the Gaussian-equivalent z at the fewest survivors: sqrt(mu_target) / (scale S)
-                noise_multiplier=math.sqrt(plan.mu_target) / (plan.scale * dp.clip_norm),
-                clip_norm=dp.clip_norm,
+                noise_multiplier=_gaussian_equivalent(dp, terms, clip),
+                clip_norm=clip,
                 sample_rate=q,
                 population=population,
                 expected_cohort=q * population,
@@ -211,18 +220,43 @@ class DeviceNoise(Step):
                 rounds_accounted=dp.history.steps,
                 status=rnd.status(),
                 noise_source="devices",
-                mu_device=plan.mu_device,
+                mu_device=terms.mu_device,
                 min_survivors=plan.min_survivors,
                 survivors=survivors,
                 mu_present=dp.mu_present(counted),
                 scale=plan.scale,
-                l2_sensitivity=plan.l2,
-                l1_sensitivity=plan.l1,
+                l2_sensitivity=terms.l2,
+                l1_sensitivity=terms.l1,
                 noise_clamped=record.noise_clamped,
                 clamp_probability=clamp,
                 clamp_delta=_clamp_delta(epsilon, clamp),
+                **(_device_adaptive_fields(dp, terms, rnd) if dp.adaptive else {}),
             )
         }
+
+
+def _gaussian_equivalent(dp: DeviceNoiseDP, terms: RoundTerms, clip: float) -> float:
+    """The Gaussian-equivalent z at the fewest survivors: sqrt(mu_target) / (scale S) for a
+    fixed clip; with the adaptive clip, that of the joint (update, bit) vector, sqrt(mu) / Δ2."""
+    mu_total = terms.mu_device * dp.plan.min_survivors
+    if not dp.adaptive:
+        return math.sqrt(dp.plan.mu_target) / (dp.plan.scale * clip)
+    return math.sqrt(mu_total) / terms.l2
+
+
+def _device_adaptive_fields(dp: DeviceNoiseDP, terms: RoundTerms, rnd: RoundState) -> dict:
+    """The adaptive clip's ledger fields under device noise (see :func:`_adaptive_fields`)."""
+    mu_total = terms.mu_device * dp.plan.min_survivors
+    released = rnd.record.clip_fraction_under is not None
+    l2_update = math.sqrt(max(terms.l2**2 - (terms.bit_units / 2) ** 2, 0.0))
+    return {
+        "clip_adaptive": True,
+        "update_noise_multiplier": math.sqrt(mu_total) / l2_update,
+        "clip_count_stddev": dp.clip_count_stddev,
+        "clip_quantile": dp.clip_quantile,
+        "clip_fraction_under": dp.clip_fraction_under if released else None,
+        "next_clip_norm": dp.clip_norm,
+    }
 
 
 def _clamp_delta(epsilon: float, clamp: float) -> float:

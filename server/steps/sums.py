@@ -84,6 +84,7 @@ class SecAggSum(Step):
         model: ModelState,
         noise: Callable[[], DeviceNoisePlan | None] | None = None,
         clip_bits: bool = False,
+        bit_coordinate: Callable[[int], tuple[float, float] | None] | None = None,
     ) -> None:
         self.base_plan = plan
         self.model = model
@@ -92,6 +93,9 @@ class SecAggSum(Step):
         # Adaptive clipping: each device appends its centred clip bit x B as one more masked
         # coordinate (client/mods.py), so the server unmasks only the cohort's count.
         self.clip_bits = clip_bits
+        # Under device noise the bit is scaled by the round's B and noised by the devices:
+        # (float units of one centred bit, the count's noise std) for n contributors.
+        self.bit_coordinate = bit_coordinate or (lambda contributors: None)
 
     @property
     def plan(self) -> SecAggPlan:
@@ -172,11 +176,14 @@ class SecAggSum(Step):
         of (bit - 1/2), checked: each device's coordinate is within +-B / 2."""
         if not self.clip_bits:
             return None
-        centred = float(mean.pop()[0]) * contributors / self.plan.bound
-        if abs(centred) > contributors / 2 * (1 + 1e-6) + 1e-6:
+        unit, noise_std = self.bit_coordinate(contributors) or (self.plan.bound, 0.0)
+        centred = float(mean.pop()[0]) * contributors / unit
+        limit = contributors / 2 + NOISE_NORM_SIGMAS * noise_std
+        if abs(centred) > limit * (1 + 1e-6) + 1e-6:
+            noised = f" plus {NOISE_NORM_SIGMAS:g} noise stds" if noise_std else ""
             raise InvalidReply(
-                f"the unmasked sum of clip bits is {centred:.4g}, outside +-{contributors / 2:g} "
-                f"for {contributors} devices: a device sent something other than its bit"
+                f"the unmasked sum of clip bits is {centred:.4g}, outside +-{contributors / 2:g}"
+                f"{noised} for {contributors} devices: a device sent something other than its bit"
             )
         return centred
 

@@ -256,3 +256,26 @@ def test_under_secagg_the_bit_is_one_more_masked_coordinate_never_a_metric():
         assert [a.shape for a in sent] == [(4, 3), (5,), (1,)]
         assert sent[2][0] == coordinate and abs(coordinate) <= SECAGG_STATE["clipping_range"]
         assert CLIP_UNDER not in res.metrics
+
+
+def test_under_device_noise_the_bit_is_a_noised_integer_of_the_rounds_scale():
+    from flwr.common.secure_aggregation.quantization import quantize
+
+    from shared.wire import CLIP_BIT, CLIP_BIT_UNITS, CLIP_UNDER, NOISE_MU
+
+    units = 2 * 10**6  # (b - 1/2) B = +-10^6 integer units; Sk(1e6) has std 1,000
+    config = {SERVER_ROUND: 2, SECAGG_BOUND: 0.5, CLIP_NORM: 0.5, NOISE_MU: 1e6, CLIP_BIT: 1}
+    cases = [(_device([SENT[0] + 0.01, SENT[1]]), 0.5), (_device([SENT[0] + 1.0, SENT[1]]), -0.5)]
+    for device, centred in cases:
+        msg = _train_message(config | {CLIP_BIT_UNITS: units})
+        reply = user_clipping_mod(msg, _context(NOISE_STATE, **NOISE_RUN), device)
+        res = recorddict_to_fitres(reply.content, keep_input=True)
+        sent = to_arrays(res.parameters)
+        assert [a.shape for a in sent] == [(4, 3), (5,), (1,)] and CLIP_UNDER not in res.metrics
+        k = quantize(sent, 4.0, 2**30)[2][0]  # what Flower masks: the noised integer
+        assert 1 < abs(k - 2**29 - centred * units) < 6 * 1000
+    # without B (or with one the device must not accept) the device drops out
+    for asks in ({}, {CLIP_BIT_UNITS: 3}):
+        msg = _train_message(config | asks)
+        with pytest.raises(ValueError, match="even integer"):
+            user_clipping_mod(msg, _context(NOISE_STATE, **NOISE_RUN), cases[0][0])

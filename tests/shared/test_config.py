@@ -253,15 +253,6 @@ def test_pooled_mode_is_a_property_of_interaction_level_dp():
     ("changes", "message"),
     [
         ({"dp_user_adaptive_clip": True}, "set dp-user = true"),
-        (
-            {
-                "dp_user_adaptive_clip": True,
-                "dp_user": True,
-                "secagg": True,
-                "dp_noise_source": "devices",
-            },
-            'use dp-noise-source = "server"',
-        ),
         ({"dp_user_clip_quantile": 1.0}, r"in \(0, 1\)"),
         ({"dp_user_clip_learning_rate": 0.0}, "dp-user-clip-learning-rate"),
         (

@@ -34,3 +34,37 @@ def test_smoke_device_noise_runs_and_the_ledger_accounts_the_survivors_noise(tmp
     privacy = __import__("json").loads((out / "privacy.json").read_text())
     assert privacy["user_level"]["noise_source"] == "devices"
     assert "noise_source" not in privacy["interaction_level"]  # off in this run
+
+
+@pytest.mark.slow
+def test_adaptive_clipping_with_device_noise_moves_s_from_the_devices_noised_count(tmp_path):
+    """Real SecAgg+ and Ray: each device noises (update, clip bit) in SecAgg+'s integers; S
+    starts far below every update norm, so the released fraction is noise around 0 and S grows;
+    each round is accounted at its own S, and the report says the devices noised the count."""
+    out = tmp_path / "adaptive"
+    settings = {"dp-user-adaptive-clip": "true", "dp-user-clip-norm": 0.001}
+    code, log = run_confide(
+        "simulate", "--config", "smoke-device-noise", "--out", str(out), settings=settings
+    )
+    assert code == 0, log[-3000:]
+    records = read_jsonl(out / "metrics.jsonl")
+    ledger = [e["user_level"] for e in read_jsonl(out / "privacy_ledger.jsonl")]
+    assert len(records) == 2 and not any("skipped" in r for r in records), records
+    assert [u["clip_norm"] for u in ledger] == [r["clip_norm"] for r in records]
+    assert ledger[0]["clip_norm"] == 0.001
+    entries = []
+    for unit, record in zip(ledger, records, strict=True):
+        assert unit["noise_source"] == "devices" and unit["clip_adaptive"]
+        assert record["noise_clamped"] == 0 and record["secagg_clipped_fraction"] == 0.0
+        # every bit is 0: the fraction is the count's noise over 15, std 0.75 sqrt(15/3) / 15
+        assert abs(unit["clip_fraction_under"]) < 6 * 0.75 * (15 / 3) ** 0.5 / 15
+        assert unit["next_clip_norm"] != unit["clip_norm"]
+        assert unit["update_noise_multiplier"] > unit["noise_multiplier"]
+        entries.append((unit["mu_present"], 0.5, unit["l1_sensitivity"], unit["l2_sensitivity"], 1))
+        assert unit["epsilon"] == pytest.approx(skellam.epsilon(entries, 1e-5), rel=1e-12)
+    assert ledger[1]["clip_norm"] == pytest.approx(ledger[0]["next_clip_norm"])
+    assert ledger[1]["l2_sensitivity"] != ledger[0]["l2_sensitivity"]  # its own S's terms
+    code, report = run_confide("report", str(out))
+    assert code == 0, report[-2000:]
+    caveats = " ".join(__import__("json").loads((out / "privacy.json").read_text())["caveats"])
+    assert "already noised by the devices" in caveats and "the server adds nothing" in caveats
