@@ -145,6 +145,10 @@ class DeviceNoise(Step):
     was accounted at the fewest survivors when sampled; here it is re-accounted with the
     survivors, once, whether it then aggregates or is skipped after the unmask (the server saw
     that sum either way). A halted round keeps the conservative entry.
+
+    With adaptive clipping it tells the devices this round's S, the mu for that S and the bit's
+    scale B (:meth:`server.user_dp.DeviceNoiseDP.round_terms`), releases the fraction within S
+    from the count the devices already noised (adding nothing) and moves S.
     """
 
     phase = Phase.RELEASE
