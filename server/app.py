@@ -82,10 +82,10 @@ def build_round(
     plan = config.secagg_plan()  # None without SecAgg+; else derived so nothing clips or wraps
     user = UserDPState()
     if config.device_noise:  # the noise plan is derived from these once the population is known
-        user.secagg, user.dimension = plan, model.size
+        user.secagg, user.dimension = config.noise_quantizer_plan(), model.size
         if not config.dp_user_target_epsilon:  # known now: refuse an unsafe plan at setup
             plan_device_noise(
-                plan,
+                user.secagg,
                 model.size,
                 config.dp_user_noise_multiplier,
                 config.noise_min_survivors,
@@ -106,7 +106,11 @@ def build_round(
         return user.clip_norm(config)
 
     steps = [
-        *([ShardValidation(validator, clip_norm if config.dp_user else 0)] if shards else []),
+        *(
+            [ShardValidation(validator, clip_norm if config.dp_user else 0, user.shard_noise_norm)]
+            if shards
+            else []
+        ),
         *([ReplyValidation(validator, model)] if plaintext and not shards else []),
         *(  # the item-promotion defence (the config refuses it under SecAgg+)
             [ItemRowClip(config.item_row_clip, list(names), model.arrays)]

@@ -30,6 +30,7 @@ from server.round import Reply, RoundState
 from server.validation import InvalidReply, ReplyValidator, check_metrics
 from shared.wire import (
     DIVERSITY10,
+    NOISE_CLAMPED,
     SHARD_DECLINED,
     SHARD_EVAL,
     SHARD_EVAL_COLUMNS,
@@ -61,11 +62,18 @@ class ShardValidation(Step):
 
     phase = Phase.REPLIES
 
-    def __init__(self, validator: ReplyValidator, clip_norm: float | Callable[[], float]) -> None:
+    def __init__(
+        self,
+        validator: ReplyValidator,
+        clip_norm: float | Callable[[], float],
+        noise_norm: Callable[[int], float] | None = None,
+    ) -> None:
         self.validator = validator
         # user-level DP's S this round (0: none), the bound each user clips to; a callable when
         # it moves (adaptive clipping)
         self.clip_norm = clip_norm if callable(clip_norm) else (lambda: clip_norm)
+        # device noise: how far n users' noise shares (and rounding) can move a sum's norm
+        self.noise_norm = noise_norm or (lambda users: 0.0)
 
     def on_replies(self, rnd: RoundState, replies: list[Reply]) -> list[Reply]:
         valid, answered = [], 0
@@ -86,6 +94,9 @@ class ShardValidation(Step):
             fit_rejected=answered - users_in,
             fit_failures=(rnd.record.fit_sampled or 0) - users_in,
         )
+        clamped = [r.res.metrics[NOISE_CLAMPED] for r in valid if NOISE_CLAMPED in r.res.metrics]
+        if clamped:  # device noise: the users' failure events (checked counts), for the ledger
+            rnd.note(noise_clamped=int(sum(clamped)))
         return valid
 
     def _check(self, reply: Reply, asked: Sequence[int]) -> None:
@@ -108,14 +119,19 @@ class ShardValidation(Step):
         limit = trained * self.validator.max_num_examples
         if not math.isfinite(weight) or not (trained == 0 or 0 < weight <= limit):
             raise InvalidReply(f"{SHARD_WEIGHT} {weight!r} outside (0, {limit}]")
+        clamped = metrics.get(NOISE_CLAMPED, 0)
+        if isinstance(clamped, bool) or not isinstance(clamped, int) or clamped < 0:
+            raise InvalidReply(f"{NOISE_CLAMPED} must be a count, got {clamped!r}")
         arrays, squared = self.validator.checked_arrays(res.parameters, dtype=False)
         # Each user's update is within the bound, so their weighted sum is within weight x bound
         # (uniform weights under user-level DP, so that is trained x S).
         bound = min(self.clip_norm() or math.inf, self.validator.max_update_norm)
-        if math.sqrt(squared) > bound * weight * (1 + NORM_SLACK):
+        noise = self.noise_norm(len(asked))  # under device noise every asked user adds a share
+        if math.sqrt(squared) > bound * weight * (1 + NORM_SLACK) + noise:
+            noised = f" plus {noise:.3g} for the users' noise" if noise else ""
             raise InvalidReply(
                 f"the sum's L2 norm {math.sqrt(squared):.3g} exceeds {weight:g} users' weight x "
-                f"the per-user bound {bound:g}: some user's update was not clipped"
+                f"the per-user bound {bound:g}{noised}: some user's update was not clipped"
             )
         reply.update = [a.astype(np.float64) for a in arrays]
         reply.weight, reply.users, reply.declined = float(weight), trained, tuple(declined)

@@ -539,6 +539,12 @@ class UserDPState:
         count_std = math.sqrt(terms.mu_device * contributors) / terms.bit_units
         return terms.bit_units / dp.plan.scale, count_std
 
+    def shard_noise_norm(self, users: int) -> float:
+        """Device noise on shards: how far ``users`` users' shares can move a shard's sum's
+        norm (0 for server noise, or before the plan exists)."""
+        plan = self.noise_plan()
+        return 0.0 if plan is None or users <= 0 else plan.sum_noise_norm(users)
+
     def noise_plan(self) -> DeviceNoisePlan | None:
         """The device-noise plan in force (None before the first round or for server noise)."""
         dp = self.mechanism

@@ -157,6 +157,9 @@ class RunConfig:
         """The derived SecAgg+ parameters (None when SecAgg+ is off); raises if unsafe."""
         if not self.secagg:
             return None
+        return self._derived_secagg()
+
+    def _derived_secagg(self) -> SecAggPlan:
         return plan_secagg(
             self.user_clip_ceiling if self.dp_user else self.secagg_update_bound,
             self.secagg_max_cohort,
@@ -164,6 +167,12 @@ class RunConfig:
             self.secagg_reconstruction_threshold,
             self.secagg_timeout,
         )
+
+    def noise_quantizer_plan(self) -> SecAggPlan | None:
+        """Under device noise, the SecAgg+ parameters the devices' integers live in: SecAgg+'s
+        own, or on shards (``cohort-size > 1``, no SecAgg+ across shards) the same derivation,
+        so each simulated user's noised integers are exactly those its device would mask."""
+        return self._derived_secagg() if self.device_noise else None
 
     def build_model(
         self, num_items: int, *, seed: int | None = None, num_users: int = 1
@@ -263,6 +272,12 @@ class RunConfig:
                 self.audit_poison_fraction > 0 or self.item_row_clip > 0,
                 "the poisoning audit and item-row-clip need each device's own update: set "
                 "cohort-size = 1",
+            ),
+            (
+                self.device_noise and self.dp_user_adaptive_clip,
+                "adaptive clipping with device noise on shards is not built (the bit would be one "
+                "more noised coordinate of every shard's sum): set cohort-size = 1 with secagg = "
+                'true, or dp-noise-source = "server"',
             ),
         ]
         for hit, why in refused:
@@ -502,11 +517,18 @@ class RunConfig:
             )
         if self.dp_noise_source != "devices":
             return
-        if not (self.secagg and self.dp_user):
+        if not (self.dp_user and (self.secagg or self.cohort_size > 1)):
             raise ConfigError(
                 'dp-noise-source = "devices" needs secagg = true and dp-user = true (the devices '
                 'add the user-level noise inside SecAgg+): set both, or dp-noise-source = "server"'
+                " (in a simulation on shards, cohort-size > 1, each simulated user adds its share "
+                "and secagg stays false)"
             )
+        if not self.secagg:  # shards: the quantizer SecAgg+ would use, derived all the same
+            try:
+                self.noise_quantizer_plan()
+            except SecAggConfigError as err:
+                raise ConfigError(str(err)) from None
         if self.dp_accountant != "rdp":
             raise ConfigError(
                 f'dp-noise-source = "devices" is accounted by the Skellam RDP accountant, not '

@@ -224,6 +224,19 @@ class DeviceNoisePlan:
         """Std of the noise on the float sum with ``survivors`` devices in it."""
         return math.sqrt(self.mu_device * survivors) / self.scale
 
+    def sum_noise_norm(self, survivors: int) -> float:
+        """How far ``survivors`` devices' noise and rounding can move their sum's l2 norm
+        (float units): the norm of d Gaussian-like coordinates stays below (sqrt(d) + 12) std
+        (with 10% slack for Skellam's tails), and each device's rounding below sqrt(d) steps."""
+        root_d = math.sqrt(self.dimension)
+        noise = 1.1 * (root_d + NOISE_NORM_SIGMAS) * self.float_stddev(survivors)
+        return noise + survivors * root_d / self.scale
+
+
+# Device noise: a sum's norm may exceed the clip bound by this many noise stds (plus sqrt(d)) before
+# the server calls it wrong; P(the noise alone does it) is below e^-72.
+NOISE_NORM_SIGMAS = 12.0
+
 
 def _power_of_two_at_least(x: float) -> float:
     return 2.0 ** math.ceil(math.log2(x))

@@ -18,6 +18,9 @@ SECAGG_BOUND = "confide.secagg-bound"
 # adds, in SecAgg+'s integer units. The device derives everything else itself (the scale from
 # SecAgg+'s own setup, its rounding bound from the clip norm), so the server sets only this.
 NOISE_MU = "confide.noise-mu"
+# Device noise on shards (cohort-size > 1, no SecAgg+ to deliver them): SecAgg+'s clipping range
+# c and quantization range T that each simulated user's integers live in, as [c, T] float64 bytes.
+NOISE_RANGES = "confide.noise-ranges"
 # Adaptive clipping (dp-user-adaptive-clip): 1 asks each device for its clip bit, whether its
 # update was within this round's CLIP_NORM before clipping (see CLIP_UNDER for how it travels).
 CLIP_BIT = "confide.clip-bit"

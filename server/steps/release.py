@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from server.pipeline import Phase, Step
-from server.round import Aggregate, RoundState, RoundSum
+from server.round import Aggregate, RoundState, RoundSum, SkipRound
 from server.user_dp import DeviceNoiseDP, RoundTerms, UserDPState, mechanism_rng
 from shared.config import RunConfig
 from shared.pooled import plan_pooled
 from shared.records import UserLevel
 from shared.streams import Stream
-from shared.wire import CLIP_BIT, CLIP_BIT_UNITS, CLIP_NORM, NOISE_MU
+from shared.wire import CLIP_BIT, CLIP_BIT_UNITS, CLIP_NORM, NOISE_MU, NOISE_RANGES
 
 
 class MeanOfTrained(Step):
@@ -152,12 +154,16 @@ class DeviceNoise(Step):
     """
 
     phase = Phase.RELEASE
-    needs_one_of = ("SecAggSum",)  # the noise is added inside SecAgg+'s integer domain only
+    # the noise is added in SecAgg+'s integer domain: by devices under SecAgg+, or on shards by
+    # each simulated user (the shard's sum is what SecAgg+ over its users would unmask)
+    needs_one_of = ("SecAggSum", "ShardValidation")
 
     def __init__(self, config: RunConfig, state: UserDPState) -> None:
         self.config = config
         self.state = state
         self._settled: int | None = None  # the last round re-accounted with its survivors
+        self.shards = config.cohort_size > 1
+        self._shard_survivors: tuple[int, int] | None = None  # (round, users in its sum)
 
     def _mechanism(self) -> DeviceNoiseDP:
         dp = self.state.mechanism
@@ -171,18 +177,34 @@ class DeviceNoise(Step):
         out: dict = {CLIP_NORM: dp.clip_norm, NOISE_MU: terms.mu_device}
         if dp.adaptive:  # the bit rides in the noised vector, scaled by this round's B
             out |= {CLIP_BIT: 1, CLIP_BIT_UNITS: terms.bit_units}
+        if self.shards:  # no SecAgg+ setup delivers the integer domain: the server names it
+            secagg = dp.plan.secagg
+            ranges = [secagg.clipping_range, float(secagg.quantization_range)]
+            out[NOISE_RANGES] = np.asarray(ranges, dtype=np.float64).tobytes()
         return out
 
-    def _settle(self, rnd: RoundState) -> None:
-        survivors = rnd.record.secagg_survivors
+    def _settle(self, rnd: RoundState, survivors: int | None = None) -> None:
+        """Re-account the round with its survivors: SecAgg+'s count, or on shards the users
+        whose shares are in the sum (given by :meth:`release`)."""
+        if survivors is None and not self.shards:
+            survivors = rnd.record.secagg_survivors
         if survivors is None or self._settled == rnd.number or rnd.record.stopped is not None:
             return
         self._mechanism().settle(survivors, self.state.population)
         self._settled = rnd.number
 
     def release(self, rnd: RoundState, total: RoundSum) -> Aggregate:
-        self._settle(rnd)
         dp, population = self._mechanism(), self.state.population
+        if self.shards:
+            # SecAgg+'s guard would halt a round of fewer survivors before the unmask; so does
+            # this, and the round keeps its conservative entry (at the fewest survivors)
+            if total.trained < dp.plan.min_survivors:
+                raise SkipRound(
+                    f"{total.trained} users' noise shares in the sum, fewer than "
+                    f"dp-noise-min-survivors {dp.plan.min_survivors}"
+                )
+            self._shard_survivors = (rnd.number, total.trained)
+        self._settle(rnd, total.trained if self.shards else None)
         denominator = dp.sample_rate(population) * population
         if dp.adaptive:  # the count arrives noised by the survivors: the server adds nothing
             if total.centred_bits is None:
@@ -199,6 +221,9 @@ class DeviceNoise(Step):
         self._settle(rnd)
         plan = dp.plan
         survivors = record.secagg_survivors
+        if self.shards:
+            last = self._shard_survivors
+            survivors = last[1] if last is not None and last[0] == rnd.number else None
         counted = plan.min_survivors if survivors is None else survivors  # as accounted
         epsilon = dp.epsilon()
         clamp = plan.clamp_probability(dp.history.steps)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from logging import WARNING
 
@@ -15,12 +14,8 @@ from server.round import Reply, RoundState, RoundSum, SkipRound, mean_loss
 from server.secagg import clipped_fraction, noise_clamped, unmasked_mean
 from server.validation import InvalidReply
 from shared.records import SecureAggregation
-from shared.secagg import DeviceNoisePlan, SecAggPlan
+from shared.secagg import NOISE_NORM_SIGMAS, DeviceNoisePlan, SecAggPlan
 from shared.wire import SECAGG_BOUND
-
-# The norm of the device noise on the mean is checked against sqrt(d) + this many of its
-# standard deviations (a false rejection is then far below any probability that matters).
-NOISE_NORM_SIGMAS = 12.0
 
 # The derived protocol parameters a reviewer sees in the ledger (shared.secagg.SecAggPlan's names).
 PLAN_IN_LEDGER = (
@@ -108,9 +103,7 @@ class SecAggSum(Step):
         noise = self.noise()
         if noise is None or survivors <= 0:
             return 0.0
-        root_d = math.sqrt(noise.dimension)
-        sigma = noise.float_stddev(survivors) / survivors
-        return 1.1 * (root_d + NOISE_NORM_SIGMAS) * sigma + root_d / noise.scale
+        return noise.sum_noise_norm(survivors) / survivors
 
     def instructions(self, rnd: RoundState) -> dict:
         return {SECAGG_BOUND: self.plan.bound}

@@ -44,7 +44,9 @@ EPSILONS = (1, 4, 8)
 @dataclass(frozen=True)
 class Row:
     name: str
-    unit: str  # "none", "interaction", "interaction-pooled", "user" or "user-adaptive"
+    unit: (
+        str  # "none", "interaction", "interaction-pooled", "user", "user-adaptive", "user-devices"
+    )
     target_epsilon: float | None
     overrides: dict[str, Any] = field(default_factory=dict)
     config: Path | None = None  # the row's own config file (else the sweep's base config)
@@ -71,7 +73,14 @@ def pooled_rows(config_path: Path, common: list[str]) -> list[Row]:
     ]
 
 
-def default_rows(rounds: int, clients_per_round: int, population: int) -> list[Row]:
+def default_rows(
+    rounds: int,
+    clients_per_round: int,
+    population: int,
+    *,
+    fraction: float = 0.0,
+    shards: bool = False,
+) -> list[Row]:
     """No DP, then each unit at each target ε (δ = 1e-5 throughout).
 
     Interaction level: each device plans for the participations it expects plus two standard
@@ -111,6 +120,7 @@ def default_rows(rounds: int, clients_per_round: int, population: int) -> list[R
                 },
             )
         )
+    user_rows = rows[-len(EPSILONS) :]
     # the same, with S tracking the median update norm (Andrew et al. 2021)
     adaptive = {"dp-user-adaptive-clip": True}
     rows += [
@@ -120,9 +130,47 @@ def default_rows(rounds: int, clients_per_round: int, population: int) -> list[R
             u.target_epsilon,
             u.overrides | adaptive,
         )  # fmt: skip
-        for u in rows[-len(EPSILONS) :]
+        for u in user_rows
+    ]
+    # the same target with the noise added by the devices inside SecAgg+ (one device per node)
+    cohort = clients_per_round or fraction * population or population
+    devices = device_noise_overrides(cohort, shards)
+    rows += [
+        Row(
+            f"user-devices-{u.target_epsilon}",
+            "user-devices",
+            u.target_epsilon,
+            u.overrides | devices,
+        )
+        for u in user_rows
     ]
     return rows
+
+
+def device_noise_overrides(cohort: float, shards: bool) -> dict[str, Any]:
+    """Device-added noise planned for 80% of the expected cohort K: each device adds 1/(0.8 K)
+    of the noise, and a round with fewer survivors halts before anything is unmasked (design
+    §4); 80% leaves about 2 standard deviations of a Poisson cohort of 100 below its mean. One
+    device per node runs SecAgg+; on shards each simulated user adds its share and the shard
+    sums them (secagg stays off: it is not built across shards)."""
+    return {
+        "secagg": not shards,
+        "dp-noise-source": "devices",
+        "dp-noise-min-survivors": max(DEVICE_NOISE_MIN_SURVIVORS, int(0.8 * cohort)),
+    }
+
+
+DEVICE_NOISE_MIN_SURVIVORS = 4  # never below SecAgg+'s default reconstruction threshold
+
+
+def _rows_for(base: RunConfig, population: int) -> list[Row]:
+    return default_rows(
+        base.num_server_rounds,
+        base.clients_per_round,
+        population,
+        fraction=base.fraction_fit,
+        shards=base.cohort_size > 1,
+    )
 
 
 def _finished(run_dir: Path) -> bool:
@@ -270,7 +318,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         strict=True,
     ):
         markers = (("interaction", "o"), ("interaction-pooled", "^"), ("user", "s"))
-        for unit, marker in (*markers, ("user-adaptive", "D")):
+        for unit, marker in (*markers, ("user-adaptive", "D"), ("user-devices", "v")):
             points = sorted(
                 (r["target_epsilon"], r[sampled], r[full]) for r in rows if r["unit"] == unit
             )
@@ -330,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     common = list(args.set) + ([f"data-dir={args.data_dir}"] if args.data_dir else [])
     base, _ = resolve_config(args.config, common, None)
-    rows = default_rows(base.num_server_rounds, base.clients_per_round, args.population)
+    rows = _rows_for(base, args.population)
     rows += pooled_rows(Path(args.pooled_config), common)
     if args.only:
         wanted = set(args.only.split(","))
@@ -348,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         if code:
             print(f"[sweep] {row.name}: simulation failed (exit {code})", file=sys.stderr)
             return code
-    every = default_rows(base.num_server_rounds, base.clients_per_round, args.population)
+    every = _rows_for(base, args.population)
     every += pooled_rows(Path(args.pooled_config), common)
     done = [r for r in every if _finished(out / r.name)]
     summaries = [summarize(r, out / r.name) for r in done] + popularity_rows(base)

@@ -116,3 +116,53 @@ def test_under_adaptive_clipping_a_shard_counts_its_users_within_s(tmp_path):
     _, _, metrics = shard.fit(params, instructions | {CLIP_BIT: 1})
     assert metrics[CLIP_UNDER] == 1
     assert CLIP_UNDER not in shard.fit(params, instructions)[2]  # asked for no bits: none
+
+
+def test_under_device_noise_each_user_of_a_shard_adds_its_own_share_in_secaggs_integers(tmp_path):
+    from client.noise import noised_for_secagg
+    from shared.secagg import plan_device_noise
+    from shared.streams import Stream, generator
+    from shared.wire import NOISE_CLAMPED, NOISE_MU, NOISE_RANGES
+
+    noise = {"dp_noise_source": "devices", "dp_reproducible_noise": True, "dp_user_clip_norm": 0.05}
+    config = small_config(
+        out_dir=str(tmp_path), cohort_size=8, local_epochs=1, dp_user=True, **noise
+    )
+    split = split_for(config)
+    params = global_arrays(config.build_model(split.num_items))
+    d = sum(p.size for p in params)
+    plan = plan_device_noise(config.noise_quantizer_plan(), d, 1.0, 3, rounds=3)
+    c, t = plan.secagg.clipping_range, plan.secagg.quantization_range
+    ranges = np.asarray([c, t], dtype=np.float64).tobytes()
+    instructions = {SERVER_ROUND: 1, SHARD_USERS: _users([9, 12, 15]), CLIP_NORM: 0.05}
+    shard = ShardClient(config, split, partition=1, policy=DevicePolicy())
+    noised = instructions | {NOISE_MU: plan.mu_device, NOISE_RANGES: ranges}
+    total, _, metrics = shard.fit(params, noised)
+    assert metrics[NOISE_CLAMPED] == 0 and metrics[SHARD_TRAINED] == 3
+    # the sum of what each user's device hands SecAgg+: its clipped update, rounded and noised
+    # in the integers from the device's own noise stream
+    expected = [np.zeros_like(p, dtype=np.float64) for p in params]
+    clipped = [np.zeros_like(p, dtype=np.float64) for p in params]
+    for user in (9, 12, 15):
+        alone = DeviceClient(
+            config, split.user_data(user), user, FileState(tmp_path / f"alone-{user}.npz")
+        )
+        new, _, _ = alone.fit(params, {SERVER_ROUND: 1})
+        update = clip_update(
+            [a.astype(np.float64) - p for a, p in zip(new, params, strict=True)], 0.05
+        )[0]
+        rng = generator(config.seed, Stream.DEVICE_NOISE, user + 1, 1)
+        sent, _ = noised_for_secagg(update, 0.05, c, t, plan.mu_device, rng)
+        for acc, part, clip_acc, u in zip(expected, sent, clipped, update, strict=True):
+            acc += part
+            clip_acc += u
+    for got, want in zip(total, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5 + 3 * 2 * c / t, rtol=0)  # float32 training
+    # and the noise is there, of the planned size: std sqrt(3 mu_device) / scale per coordinate
+    diff = np.concatenate([(g - u).ravel() for g, u in zip(total, clipped, strict=True)])
+    assert diff.std() == pytest.approx(plan.float_stddev(3), rel=0.1)
+    # a device-noise round that names no ranges cannot be placed, and "no noise" is refused
+    with pytest.raises(ValueError, match="must name SecAgg"):
+        shard.fit(params, instructions | {NOISE_MU: plan.mu_device})
+    with pytest.raises(Exception, match="noise variance"):
+        shard.fit(params, instructions | {NOISE_RANGES: ranges})

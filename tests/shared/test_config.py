@@ -282,3 +282,17 @@ def test_adaptive_clipping_derives_secagg_for_the_ceiling_of_s():
         dp_user=True, secagg=True, dp_user_adaptive_clip=True, dp_user_clip_norm_max=2.0
     )
     assert capped.secagg_plan().bound == 2.0
+
+
+def test_device_noise_on_shards_runs_without_secagg_in_secaggs_own_integer_domain():
+    devices = {"dp_user": True, "dp_noise_source": "devices", "cohort_size": 8}
+    config = small_config(**devices)
+    assert config.device_noise and not config.secagg and config.secagg_plan() is None
+    plan = config.noise_quantizer_plan()  # what SecAgg+ would derive for these devices
+    assert plan == small_config(**devices, secagg=True).secagg_plan()
+    assert small_config(dp_user=True, cohort_size=8).noise_quantizer_plan() is None
+    config.check_federated_run()  # allowed
+    with pytest.raises(ConfigError, match="adaptive clipping with device noise on shards"):
+        small_config(**devices, dp_user_adaptive_clip=True).check_federated_run()
+    with pytest.raises(ConfigError, match="needs secagg = true and dp-user"):
+        small_config(dp_user=True, dp_noise_source="devices")  # one device per node, no SecAgg+

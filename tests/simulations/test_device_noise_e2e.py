@@ -68,3 +68,40 @@ def test_adaptive_clipping_with_device_noise_moves_s_from_the_devices_noised_cou
     assert code == 0, report[-2000:]
     caveats = " ".join(__import__("json").loads((out / "privacy.json").read_text())["caveats"])
     assert "already noised by the devices" in caveats and "the server adds nothing" in caveats
+
+
+@pytest.mark.slow
+def test_device_noise_on_shards_repeats_one_device_per_node_under_secagg(tmp_path):
+    """With the same seeds (reproducible noise: research only), two shards of 15 simulated
+    users, each adding its own Skellam share, release what 30 devices under real SecAgg+
+    release: the same cohorts, the same survivors and ε, the same global model to float
+    rounding. So the shards' device-noise rows measure what a deployment would get."""
+    import numpy as np
+
+    runs = {}
+    for name, settings in {
+        "nodes": {},
+        "shards": {"secagg": "false", "cohort-size": 15},
+    }.items():
+        out = tmp_path / name
+        code, log = run_confide(
+            "simulate",
+            "--config",
+            "smoke-device-noise",
+            "--out",
+            str(out),
+            settings={"dp-reproducible-noise": "true", **settings},
+        )
+        assert code == 0, log[-3000:]
+        runs[name] = out
+    ledgers = {k: read_jsonl(v / "privacy_ledger.jsonl") for k, v in runs.items()}
+    for a, b in zip(ledgers["nodes"], ledgers["shards"], strict=True):
+        ua, ub = a["user_level"], b["user_level"]
+        assert ua["survivors"] == ub["survivors"] > 0 and ua["sampled"] == ub["sampled"]
+        assert ub["epsilon"] == ua["epsilon"] and ub["mu_present"] == ua["mu_present"]
+        assert ub["noise_clamped"] == 0 and b["secure_aggregation"] == {"enabled": False}
+    nodes = np.load(runs["nodes"] / "global_model.npz")
+    shards = np.load(runs["shards"] / "global_model.npz")
+    assert nodes.files == shards.files
+    for key in nodes.files:
+        np.testing.assert_allclose(shards[key], nodes[key], atol=1e-6, rtol=0)

@@ -25,6 +25,9 @@ def test_rows_are_valid_configs_with_binomial_planning():
         "user-adaptive-1",
         "user-adaptive-4",
         "user-adaptive-8",
+        "user-devices-1",
+        "user-devices-4",
+        "user-devices-8",
     ]
     q = 100 / 943
     planned = math.ceil(150 * q + 2 * math.sqrt(150 * q * (1 - q)))  # 15.9 + 2 x 3.77
@@ -40,6 +43,9 @@ def test_rows_are_valid_configs_with_binomial_planning():
             assert config.dp_user and not config.dp_interaction
             assert config.dp_user_epsilon_cap == config.dp_user_target_epsilon == row.target_epsilon
             assert config.dp_user_adaptive_clip is (row.unit == "user-adaptive")
+            assert config.device_noise is (row.unit == "user-devices")
+            if config.device_noise:  # planned for 80 of the 100 expected survivors
+                assert config.secagg and config.noise_min_survivors == 80
         assert 1e-5 in (config.dp_delta, config.dp_user_delta)
 
 
