@@ -7,6 +7,7 @@ pipeline existed: tests/fixtures/strategy_golden.json is what that strategy wrot
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +159,10 @@ def drive(strategy, changes: dict[str, Any], run_dir: Path, rounds: int = 4) -> 
         "metrics": [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows],
         "ledger": [{k: v for k, v in e.items() if k != "library_versions"} for e in ledger],
     }
+
+
+def update_of_norm(current, norm: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """A random update of the model ``current``'s shapes with l2 norm exactly ``norm``."""
+    raw = [rng.normal(size=np.shape(a)) for a in current]
+    scale = norm / math.sqrt(sum(float(np.sum(r**2)) for r in raw))
+    return [r * scale for r in raw]

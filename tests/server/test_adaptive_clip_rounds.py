@@ -9,8 +9,6 @@ update noise uses z_Delta; a reply without a valid count is rejected.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
@@ -21,7 +19,7 @@ from shared.privacy import clip_update, epsilon
 from shared.streams import Stream, generator
 from shared.wire import CLIP_BIT, CLIP_NORM, CLIP_UNDER, SECAGG_BOUND
 from tests.conftest import read_jsonl, small_config
-from tests.server.rounds_driver import Clients
+from tests.server.rounds_driver import Clients, update_of_norm
 from tests.server.test_golden_rounds import driven_strategy
 
 ADAPTIVE = {
@@ -42,12 +40,6 @@ def _strategy(tmp_path, **changes):
     return config, strategy, run_dir.path
 
 
-def _update(current, norm, rng):
-    raw = [rng.normal(size=a.shape) for a in current]
-    scale = norm / math.sqrt(sum(float(np.sum(r**2)) for r in raw))
-    return [r * scale for r in raw]
-
-
 def _norms(k: int, clip: float) -> float:
     """Device k's update norm: two of every three within S, one far above."""
     return 0.2 * clip if k % 3 else 10 * clip
@@ -57,7 +49,9 @@ def _plaintext_replies(ins, current, rng, *, count=True):
     replies = []
     for k, (proxy, fit_ins) in enumerate(ins):
         clip = float(fit_ins.config[CLIP_NORM])
-        update, norm = clip_update(_update(current, _norms(k, clip), rng), clip)  # as a device
+        update, norm = clip_update(
+            update_of_norm(current, _norms(k, clip), rng), clip
+        )  # as a device
         new = [(a + u).astype(a.dtype) for a, u in zip(current, update, strict=True)]
         metrics = {CLIP_UNDER: int(norm <= clip)} if count else {}
         res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(new), 1, metrics)
@@ -71,7 +65,7 @@ def _secagg_replies(ins, current, rng):
     vectors, centred = [], 0.0
     for k, (_, fit_ins) in enumerate(ins):
         clip, bound = float(fit_ins.config[CLIP_NORM]), float(fit_ins.config[SECAGG_BOUND])
-        update, norm = clip_update(_update(current, _norms(k, clip), rng), clip)
+        update, norm = clip_update(update_of_norm(current, _norms(k, clip), rng), clip)
         bit = 0.5 if norm <= clip else -0.5
         centred += bit
         vectors.append([*update, np.array([bit * bound])])

@@ -35,7 +35,7 @@ from shared.wire import (
     SECAGG_CLIPPED,
 )
 from tests.conftest import read_jsonl, small_config
-from tests.server.rounds_driver import Clients
+from tests.server.rounds_driver import Clients, update_of_norm
 from tests.server.test_golden_rounds import driven_strategy
 
 ADAPTIVE_DEVICES = {
@@ -62,12 +62,6 @@ def _strategy(tmp_path, rounds=3, **changes):
     return config, strategy, run_dir.path
 
 
-def _update(current, norm, rng):
-    raw = [rng.normal(size=a.shape) for a in current]
-    scale = norm / math.sqrt(sum(float(np.sum(r**2)) for r in raw))
-    return [r * scale for r in raw]
-
-
 def _device_replies(strategy, ins, current, rng, norm_of):
     """Each device clips to the S it was told, noises (update, centred bit) itself; the
     workflow hands over the mean. Returns (results, the exact sum of centred bits)."""
@@ -77,7 +71,7 @@ def _device_replies(strategy, ins, current, rng, norm_of):
         cfg = fit_ins.config
         clip = float(cfg[CLIP_NORM])
         assert float(cfg[SECAGG_BOUND]) == plan.bound and cfg[CLIP_BIT] == 1
-        update, before = clip_update(_update(current, norm_of(k, clip), rng), clip)
+        update, before = clip_update(update_of_norm(current, norm_of(k, clip), rng), clip)
         bit = 0.5 if before <= clip else -0.5
         centred += bit
         x, clamped = noised_for_secagg(
