@@ -30,6 +30,13 @@ import numpy as np
 ATTACKS = ("direction", "norm")
 
 
+# (cohort sum, single update) labels, without and with the devices' noise shares
+VIEWS = {
+    False: ("cohort sum (SecAgg+)", "each device's update (no SecAgg+)"),
+    True: ("cohort sum, device-noised (SecAgg+)", "one noised update (SecAgg+ hides it)"),
+}
+
+
 def item_scores(
     update: Sequence[np.ndarray], item_tables: Sequence[int], attack: str = "direction"
 ) -> np.ndarray:
@@ -89,8 +96,12 @@ def audit(
     popularity: np.ndarray,
     cohorts: Sequence[int],
     seed: int = 0,
+    noised: bool = False,
 ) -> list[dict]:
     """Precision@n per user: each update, cohort sums of each size, popularity baseline.
+
+    ``noised``: the updates carry the devices' own noise shares (device-added noise, which runs
+    under SecAgg+ only, so a single update is what SecAgg+ hides from the server).
 
     ``updates`` yields (user, update) in cohort order: consecutive users form the cohorts (the
     caller shuffles). Only running cohort sums of the item tables are kept, never all updates.
@@ -99,7 +110,7 @@ def audit(
     tallies: dict[tuple[int, str], Tally] = {}
     for k in (1, *cohorts):
         for attack in ATTACKS:
-            view = "each device's update (no SecAgg+)" if k == 1 else "cohort sum (SecAgg+)"
+            view = VIEWS[noised][k == 1]
             tallies[k, attack] = Tally(view, k, attack, [])
     popular = Tally("most popular items (baseline)", 0, "popularity", [])
     pending: dict[int, tuple[list[np.ndarray] | None, list[int]]] = {k: (None, []) for k in cohorts}

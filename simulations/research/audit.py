@@ -27,9 +27,56 @@ from shared.config import RunConfig
 from shared.models import global_arrays, global_names
 from shared.privacy import clip_update
 from shared.split import split_for
-from shared.streams import Stream, generator
+from shared.streams import Stream, generator, secret_seed
 
 AUDIT_FILE = "audit.json"
+
+
+class DevicesNoise:
+    """Device-added noise (``dp-noise-source = "devices"``): each user's clipped update gets its
+    own Skellam share in SecAgg+'s integers, as its device would add it (:mod:`client.noise`),
+    with the run's plan (calibrated to its target ε at its min-survivors); a cohort's sum then
+    holds every member's share, what SecAgg+ would unmask."""
+
+    def __init__(self, config: RunConfig, plan, server_round: int) -> None:
+        self.config, self.plan, self.server_round = config, plan, server_round
+
+    @classmethod
+    def of(
+        cls, config: RunConfig, population: int, model: list[np.ndarray], server_round: int
+    ) -> DevicesNoise | None:
+        if not config.device_noise:
+            return None
+        from server.user_dp import DeviceNoiseDP  # the server's own plan, as the run derived it
+
+        dimension = sum(np.asarray(a).size for a in model)
+        secagg = config.noise_quantizer_plan()
+        return cls(config, DeviceNoiseDP.from_config(config, population, dimension, secagg).plan,
+                   server_round)  # fmt: skip
+
+    def noised(self, update: list[np.ndarray], user: int) -> list[np.ndarray]:
+        from client.noise import noised_for_secagg
+
+        if self.config.dp_reproducible_noise:  # the device's own stream (research runs)
+            rng = generator(self.config.seed, Stream.DEVICE_NOISE, user + 1, self.server_round)
+        else:
+            rng = np.random.default_rng(secret_seed(128))
+        secagg = self.plan.secagg
+        return noised_for_secagg(
+            update,
+            self.config.dp_user_clip_norm,
+            secagg.clipping_range,
+            secagg.quantization_range,
+            self.plan.mu_device,
+            rng,
+        )[0]
+
+    def summary(self) -> dict:
+        return {
+            "mu_device": self.plan.mu_device,
+            "min_survivors": self.plan.min_survivors,
+            "float_stddev_per_device": self.plan.float_stddev(1),
+        }
 
 
 def _model(config: RunConfig):
@@ -65,6 +112,8 @@ def run_item_inference(
         minlength=split.num_items,
     ).astype(np.float64)
 
+    noise = DevicesNoise.of(config, split.num_users, model, server_round)
+
     def updates() -> Iterator[tuple[int, list[np.ndarray]]]:
         for user in users:
             result = training_round.train(
@@ -73,9 +122,12 @@ def run_item_inference(
             update = [
                 n.astype(np.float64) - o for n, o in zip(result.global_arrays, model, strict=True)
             ]
-            yield user, (update if bound is None else clip_update(update, bound)[0])
+            update = update if bound is None else clip_update(update, bound)[0]
+            yield user, (update if noise is None else noise.noised(update, user))
 
-    rows = audit(updates(), truth, item_tables, popularity, cohorts, seed=config.seed)
+    rows = audit(
+        updates(), truth, item_tables, popularity, cohorts, seed=config.seed, noised=bool(noise)
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "attack": "score items by the change of their embedding rows (server.audit), guess "
@@ -85,6 +137,7 @@ def run_item_inference(
         "num_items": split.num_items,
         "users": len(users),
         "device_clip": bound,
+        "device_noise": noise.summary() if noise else None,
         "rows": rows,
         "seconds": round(time.monotonic() - started, 1),
     }
