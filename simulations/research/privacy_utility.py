@@ -89,7 +89,8 @@ def default_rows(
     solves for z over all rounds with q = K/N and the run stops at the cap. User level with an
     adaptive clip: the same z, S from ``dp-user-clip-norm`` on, moved every round.
     """
-    planned = planned_participations(rounds, clients_per_round, population)
+    cohort = clients_per_round or fraction * population or population
+    planned = planned_participations(rounds, round(cohort), population)
     rows = [Row("none", "none", None)]
     for eps in EPSILONS:
         rows.append(
@@ -133,7 +134,6 @@ def default_rows(
         for u in user_rows
     ]
     # the same target with the noise added by the devices inside SecAgg+ (one device per node)
-    cohort = clients_per_round or fraction * population or population
     devices = device_noise_overrides(cohort, shards)
     rows += [
         Row(
@@ -204,7 +204,8 @@ def summarize(row: Row, run_dir: Path) -> dict[str, Any]:
         "unit": row.unit,
         "target_epsilon": row.target_epsilon,
         "rounds": max(r.round for r in records),
-        "clients_per_round": config["clients-per-round"],
+        # K: a fixed count, or (clients-per-round 0) the fraction q of the users each round
+        "clients_per_round": config["clients-per-round"] or f"q {config['fraction-fit']:g}",
         "eval_round": final.round,
         **{k: final.metric(k) for k in EVAL_METRICS},
     }
