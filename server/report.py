@@ -92,6 +92,10 @@ CAVEATS = {
     "Each device adds enough for the sum of {m} survivors; the ε is computed from the noise the "
     "survivors actually added (fewest in one round: {s}). Accounted by the Skellam RDP bound "
     "(Theorem 3.5) under Poisson subsampling (Zhu & Wang 2019, Theorem 6).",
+    "devices_shards": "This simulation ran on shards (cohort-size > 1): each simulated user "
+    "added its own share exactly as its device would, but the server saw each shard's noised sum "
+    "in the clear (no SecAgg+ across shards), so against the server this run shows the utility of "
+    "the deployment's guarantee, not the guarantee itself; against the released models it holds.",
     "clamp": "Device noise can fail only by clamping a noised coordinate into SecAgg+'s range: "
     "{n} coordinates were clamped; the plan bounds the chance of any clamp over the run by {p}, "
     "which adds {d} to δ.",
@@ -251,6 +255,8 @@ def _user(config: dict, ledger: Ledger, rejected: int, caveats: list[str]) -> di
         caveats.append(
             CAVEATS["devices"].format(m=last.min_survivors, s=min(survivors, default="none"))
         )
+        if int(config.get("cohort-size", 1) or 1) > 1:
+            caveats.append(CAVEATS["devices_shards"])
         caveats.append(
             CAVEATS["clamp"].format(
                 n=clamped, p=fmt(last.clamp_probability), d=fmt(last.clamp_delta)

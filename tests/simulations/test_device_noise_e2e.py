@@ -105,3 +105,9 @@ def test_device_noise_on_shards_repeats_one_device_per_node_under_secagg(tmp_pat
     assert nodes.files == shards.files
     for key in nodes.files:
         np.testing.assert_allclose(shards[key], nodes[key], atol=1e-6, rtol=0)
+    code, report = run_confide("report", str(runs["shards"]))
+    assert code == 0, report[-2000:]
+    caveats = " ".join(
+        __import__("json").loads((runs["shards"] / "privacy.json").read_text())["caveats"]
+    )
+    assert "the server saw each shard's noised sum in the clear" in caveats
