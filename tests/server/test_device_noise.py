@@ -188,3 +188,35 @@ def test_the_workflow_reads_the_noise_plans_clipping_range_once_it_exists(tmp_pa
     _drive(strategy, 1)
     assert workflow.clipping_range == strategy.sampler.state.mechanism.plan.secagg.clipping_range
     assert workflow.clipping_range != config.secagg_plan().clipping_range
+
+
+def test_on_shards_the_survivors_are_the_users_in_the_sum_and_too_few_halt_the_round():
+    import numpy as np
+
+    from server.round import RoundState, RoundSum, SkipRound
+    from server.steps import DeviceNoise
+    from server.user_dp import UserDPState
+    from shared.wire import NOISE_RANGES
+
+    config = small_config(
+        dp_user=True, dp_noise_source="devices", cohort_size=8, dp_noise_min_survivors=4
+    )
+    state = UserDPState(population=30, dimension=50, secagg=config.noise_quantizer_plan())
+    state.mechanism = state.create(config)
+    dp = state.mechanism
+    step = DeviceNoise(config, state)
+    sent = step.instructions(RoundState(number=1, run_started=0.0))
+    c, t = np.frombuffer(sent[NOISE_RANGES], dtype=np.float64)
+    assert (c, t) == (dp.plan.secagg.clipping_range, dp.plan.secagg.quantization_range)
+    zeros = [np.zeros(50)]
+    for number, users in ((1, 3), (2, 6)):
+        rnd = RoundState(number=number, run_started=0.0)
+        dp.sample(list(range(30)), number)  # accounted at the fewest survivors (4)
+        if users < 4:  # fewer shares than planned: halted before use, the entry stays at 4
+            with pytest.raises(SkipRound, match="fewer than dp-noise-min-survivors 4"):
+                step.release(rnd, RoundSum(total=zeros, weight=users, trained=users))
+            assert dp.history.entries[-1][0] == dp.plan.mu_device * 4
+        else:
+            step.release(rnd, RoundSum(total=zeros, weight=users, trained=users))
+            assert dp.history.entries[-1][0] == dp.plan.mu_device * users
+            assert step.ledger_units(rnd)["user_level"].survivors == users

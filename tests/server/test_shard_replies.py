@@ -117,3 +117,22 @@ def test_a_shard_evaluation_counts_each_user_once():
     broken = EvaluateRes(OK, 0.0, 1, {SHARD_EVAL: b"\x00" * 12})
     results, failures = expand_shard_evaluations([(proxy, broken)], [])
     assert results == [] and "rows of 6 figures" in str(failures[0])
+
+
+def test_under_device_noise_a_sum_may_carry_its_users_noise_and_its_clamp_count():
+    arrays = [np.zeros(s, dtype=np.float32) for s in SHAPES]
+    validator = ReplyValidator.for_global(
+        ["item.weight", "bias"], arrays, max_num_examples=100, max_update_norm=10.0
+    )
+    step = ShardValidation(validator, 0.5, noise_norm=lambda users: 0.3 * users)
+    rng = np.random.default_rng(0)
+    noised = [u + 0.1 for u in _updates(1, 0.5, rng)[0]]  # norm ~ 0.5 + 0.4 > S
+    rnd = _round({7: (0, 1), 8: (8,)})
+    replies = [_reply(7, [noised], declined=[1], noise_clamped=0), _reply(8, [noised])]
+    assert [r.node_id for r in step.on_replies(rnd, replies)] == [7, 8]
+    assert rnd.record.noise_clamped == 0
+    without = ShardValidation(validator, 0.5)  # no noise allowance: the same sum is refused
+    assert without.on_replies(_round({8: (8,)}), [_reply(8, [noised])]) == []
+    rnd = _round({8: (8,)})
+    assert step.on_replies(rnd, [_reply(8, [noised], noise_clamped=-1)]) == []
+    assert "noise_clamped must be a count" in str(rnd.failures[0])
