@@ -27,7 +27,7 @@ from flwr.compat.common.recorddict_compat import (
     recorddict_to_fitres,
 )
 
-from client.noise import noised_for_secagg
+from client.noise import device_noise_rng, noised_for_secagg
 from client.policy import TEST_FAULT, DevicePolicy
 from client.reply import shape_masked_reply
 from client.store_adapter import uses_store
@@ -35,7 +35,6 @@ from shared.config import RunConfig
 from shared.faults import FIT, REPLY_MODES, parse_fault
 from shared.privacy import clip_update
 from shared.secagg import STAGES, quantizer_clip_count
-from shared.streams import Stream, generator, secret_seed
 from shared.wire import (
     BUDGET_EXHAUSTED,
     CLIP_BIT,
@@ -168,11 +167,8 @@ def _device_noise(
     if not config.device_noise:
         return clipped, None
     state = _secagg_state(ctxt)
-    if config.dp_reproducible_noise:  # RESEARCH ONLY (a deployed device refused it above)
-        device = int(ctxt.node_config.get("partition-id", 0))
-        rng = generator(config.seed, Stream.DEVICE_NOISE, device + 1, int(msg.metadata.group_id))
-    else:  # the guarantee rests on this noise: never derivable from anything the server knows
-        rng = np.random.default_rng(secret_seed(128))
+    device = int(ctxt.node_config.get("partition-id", 0))  # a deployed device refused seeding
+    rng = device_noise_rng(config, device, int(msg.metadata.group_id))
     return noised_for_secagg(
         clipped,
         clip_norm,

@@ -9,18 +9,26 @@ and counted). It then sends the float that Flower's quantizer maps back to exact
 server only ever unmasks the noised sum. Everything but mu the device derives itself: the scale
 from SecAgg+'s own setup (c and T), Δ2 from S and the update's size.
 
-Pure NumPy, no Flower: :func:`client.mods.user_clipping_mod` calls it after clipping.
+Pure NumPy, no Flower: :func:`client.mods.user_clipping_mod` calls it after clipping, and
+:class:`SimulatedDevicesNoise` for a shard's users (and the item-inference audit).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shared import skellam
 from shared.secagg import encode_exactly
+from shared.streams import Stream, generator, secret_seed
+from shared.wire import NOISE_MU, NOISE_RANGES
+
+if TYPE_CHECKING:
+    from client.policy import DevicePolicy
+    from shared.config import RunConfig
 
 
 def noised_for_secagg(
@@ -72,3 +80,52 @@ def check_bit_units(bit_units: object, update_l2: float) -> None:
         f"must be an even integer in [2, {2 * math.ceil(update_l2)}] (twice the update's rounded "
         "sensitivity), or the bit would not be hidden by the noise. The device drops out"
     )
+
+
+def device_noise_rng(config: RunConfig, device: int, server_round: int) -> np.random.Generator:
+    """The randomness of one device's noise share: fresh OS entropy (the guarantee rests on it,
+    so it is never derivable from anything the server knows), or under dp-reproducible-noise
+    (RESEARCH ONLY: a deployed device refuses it) the device's stream of the run seed."""
+    if config.dp_reproducible_noise:
+        return generator(config.seed, Stream.DEVICE_NOISE, device + 1, server_round)
+    return np.random.default_rng(secret_seed(128))
+
+
+class SimulatedDevicesNoise:
+    """Device noise for many simulated devices in one process (a shard's users, the item-
+    inference audit's): each adds its own Skellam share to its clipped update in SecAgg+'s
+    integer domain exactly as its device would (:func:`noised_for_secagg`, from the stream its
+    device would use: partition id = user id), so a sum of them is the noised sum SecAgg+ over
+    those devices would unmask."""
+
+    def __init__(self, config: RunConfig, mu: float, clipping_range: float, target: int) -> None:
+        self.config, self.mu = config, mu
+        self.clipping_range, self.target = clipping_range, target
+        self.clamped = 0
+
+    @classmethod
+    def from_instructions(
+        cls, config: RunConfig, instructions, policy: DevicePolicy
+    ) -> SimulatedDevicesNoise | None:
+        """A shard's round: mu and SecAgg+'s ranges from the server (no SecAgg+ setup delivers
+        them); None when the devices add no noise in this run."""
+        mu = instructions.get(NOISE_MU)
+        policy.check_device_noise(config, mu)  # as a device: no "no noise" when devices add it
+        if not config.device_noise:
+            return None
+        ranges = instructions.get(NOISE_RANGES)
+        if not isinstance(ranges, bytes) or len(ranges) != 16:
+            raise ValueError(
+                f"a device-noise round on shards must name SecAgg+'s ranges ({NOISE_RANGES}: "
+                "[c, T] as float64 bytes): the shard cannot place its users' integers"
+            )
+        c, t = np.frombuffer(ranges, dtype=np.float64).tolist()
+        return cls(config, float(mu), c, int(t))
+
+    def noised(self, update, clip: float, device: int, server_round: int) -> list[np.ndarray]:
+        rng = device_noise_rng(self.config, device, server_round)
+        out, clamped = noised_for_secagg(
+            update, clip, self.clipping_range, self.target, self.mu, rng
+        )
+        self.clamped += clamped
+        return out

@@ -23,7 +23,7 @@ import torch
 from flwr.client import NumPyClient
 
 from client.cohort import ShardUser, fresh_private, train_shard
-from client.noise import noised_for_secagg
+from client.noise import SimulatedDevicesNoise
 from client.policy import DevicePolicy
 from client.pooled import Member, pooled_round
 from client.reply import (
@@ -40,14 +40,11 @@ from shared.pooled import plan_pooled
 from shared.privacy import clip_update
 from shared.shards import shard_users
 from shared.split import LeaveOneOut
-from shared.streams import Stream, generator, secret_seed
 from shared.wire import (
     CLIP_BIT,
     CLIP_NORM,
     CLIP_UNDER,
     NOISE_CLAMPED,
-    NOISE_MU,
-    NOISE_RANGES,
     PARTITION_ID,
     SERVER_ROUND,
     SHARD_USERS,
@@ -107,7 +104,7 @@ class ShardClient(NumPyClient):
             return shape_pooled_shard_reply(self.run_config, users, results, total)
         results = train_shard(self.run_config, shard, server_round, parameters, self.policy)
         clip = config.get(CLIP_NORM)
-        noise = UsersNoise.from_instructions(self.run_config, config, self.policy)
+        noise = SimulatedDevicesNoise.from_instructions(self.run_config, config, self.policy)
         updates, under = [], 0  # under: trained users within S (adaptive clipping's count)
         for user, state, result in zip(users, states, results, strict=True):
             state.save_fit(result, parameters)
@@ -139,48 +136,6 @@ class ShardClient(NumPyClient):
         ]
         evaluations = evaluate_shard(self.run_config, shard, parameters)
         return shape_shard_evaluate_reply(evaluations, self.policy.share_top_list)
-
-
-class UsersNoise:
-    """Device noise on a shard: each trained user adds its own Skellam share to its clipped
-    update in SecAgg+'s integer domain, exactly as its device would (:mod:`client.noise`), so
-    the shard's sum is the noised sum SecAgg+ over those users would unmask (without the
-    masks: the server sees the shard's sum, as it always does on shards). Every user's noise
-    is drawn from OS entropy, or under ``dp-reproducible-noise`` from the stream its device
-    would use (partition id = user id)."""
-
-    def __init__(self, config: RunConfig, mu: float, clipping_range: float, target: int) -> None:
-        self.config, self.mu = config, mu
-        self.clipping_range, self.target = clipping_range, target
-        self.clamped = 0
-
-    @classmethod
-    def from_instructions(
-        cls, config: RunConfig, instructions, policy: DevicePolicy
-    ) -> UsersNoise | None:
-        mu = instructions.get(NOISE_MU)
-        policy.check_device_noise(config, mu)  # as a device: no "no noise" when devices add it
-        if not config.device_noise:
-            return None
-        ranges = instructions.get(NOISE_RANGES)
-        if not isinstance(ranges, bytes) or len(ranges) != 16:
-            raise ValueError(
-                f"a device-noise round on shards must name SecAgg+'s ranges ({NOISE_RANGES}: "
-                "[c, T] as float64 bytes): the shard cannot place its users' integers"
-            )
-        c, t = np.frombuffer(ranges, dtype=np.float64).tolist()
-        return cls(config, float(mu), c, int(t))
-
-    def noised(self, update, clip: float, user: int, server_round: int) -> list[np.ndarray]:
-        if self.config.dp_reproducible_noise:  # RESEARCH ONLY, the device's own stream
-            rng = generator(self.config.seed, Stream.DEVICE_NOISE, user + 1, server_round)
-        else:  # the guarantee rests on this noise: never derivable from anything the server knows
-            rng = np.random.default_rng(secret_seed(128))
-        out, clamped = noised_for_secagg(
-            update, clip, self.clipping_range, self.target, self.mu, rng
-        )
-        self.clamped += clamped
-        return out
 
 
 def pooled_shard(

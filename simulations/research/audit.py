@@ -27,19 +27,26 @@ from shared.config import RunConfig
 from shared.models import global_arrays, global_names
 from shared.privacy import clip_update
 from shared.split import split_for
-from shared.streams import Stream, generator, secret_seed
+from shared.streams import Stream, generator
 
 AUDIT_FILE = "audit.json"
 
 
 class DevicesNoise:
     """Device-added noise (``dp-noise-source = "devices"``): each user's clipped update gets its
-    own Skellam share in SecAgg+'s integers, as its device would add it (:mod:`client.noise`),
-    with the run's plan (calibrated to its target ε at its min-survivors); a cohort's sum then
-    holds every member's share, what SecAgg+ would unmask."""
+    own Skellam share in SecAgg+'s integers, as its device would add it
+    (:class:`client.noise.SimulatedDevicesNoise`), with the run's plan (calibrated to its target
+    ε at its min-survivors); a cohort's sum then holds every member's share, what SecAgg+ would
+    unmask."""
 
     def __init__(self, config: RunConfig, plan, server_round: int) -> None:
+        from client.noise import SimulatedDevicesNoise
+
         self.config, self.plan, self.server_round = config, plan, server_round
+        secagg = plan.secagg
+        self.devices = SimulatedDevicesNoise(
+            config, plan.mu_device, secagg.clipping_range, secagg.quantization_range
+        )
 
     @classmethod
     def of(
@@ -55,21 +62,7 @@ class DevicesNoise:
                    server_round)  # fmt: skip
 
     def noised(self, update: list[np.ndarray], user: int) -> list[np.ndarray]:
-        from client.noise import noised_for_secagg
-
-        if self.config.dp_reproducible_noise:  # the device's own stream (research runs)
-            rng = generator(self.config.seed, Stream.DEVICE_NOISE, user + 1, self.server_round)
-        else:
-            rng = np.random.default_rng(secret_seed(128))
-        secagg = self.plan.secagg
-        return noised_for_secagg(
-            update,
-            self.config.dp_user_clip_norm,
-            secagg.clipping_range,
-            secagg.quantization_range,
-            self.plan.mu_device,
-            rng,
-        )[0]
+        return self.devices.noised(update, self.config.dp_user_clip_norm, user, self.server_round)
 
     def summary(self) -> dict:
         return {
