@@ -306,6 +306,7 @@ class RoundTerms:
     l1: float
     l2: float
     bit_units: int = 0
+    update_l2: float = 0.0  # the update's own rounded Δ2 (l2 without the bit: l2 when fixed)
 
 
 @dataclass
@@ -413,7 +414,7 @@ class DeviceNoiseDP:
         """
         plan = self.plan
         if not self.adaptive:
-            return RoundTerms(plan.mu_device, plan.l1, plan.l2)
+            return RoundTerms(plan.mu_device, plan.l1, plan.l2, update_l2=plan.l2)
         s = self.clip_norm if clip is None else clip
         l2_update = skellam.rounded_l2(s * plan.scale, plan.dimension)
         mu_total = plan.mu_target * (l2_update / plan.l2) ** 2
@@ -423,7 +424,24 @@ class DeviceNoiseDP:
             l1=skellam.rounded_l1(l2_update, plan.dimension) + bit / 2,
             l2=math.hypot(l2_update, bit / 2),
             bit_units=bit,
+            update_l2=l2_update,
         )
+
+    @property
+    def noise_multiplier(self) -> float:
+        """The Gaussian-equivalent z of this round at the fewest survivors: sqrt(mu_target) /
+        (scale S) for a fixed clip; with the adaptive clip, that of the joint (update, bit)
+        vector, sqrt(mu) / Δ2."""
+        if not self.adaptive:
+            return math.sqrt(self.plan.mu_target) / (self.plan.scale * self.round_clip())
+        terms = self.round_terms(self.round_clip())
+        return math.sqrt(terms.mu_device * self.plan.min_survivors) / terms.l2
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """z_Delta, the update's share: sqrt(mu) over the update's own Δ2 (the adaptive clip)."""
+        terms = self.round_terms(self.round_clip())
+        return math.sqrt(terms.mu_device * self.plan.min_survivors) / terms.update_l2
 
     def round_clip(self) -> float:
         """The S of the round in progress (the one last sampled)."""

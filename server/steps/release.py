@@ -14,7 +14,7 @@ import numpy as np
 
 from server.pipeline import Phase, Step
 from server.round import Aggregate, RoundState, RoundSum, SkipRound
-from server.user_dp import DeviceNoiseDP, RoundTerms, UserDPState, mechanism_rng
+from server.user_dp import DeviceNoiseDP, UserDPState, UserLevelDP, mechanism_rng
 from shared.config import RunConfig
 from shared.pooled import plan_pooled
 from shared.records import UserLevel
@@ -127,8 +127,9 @@ class UserLevelNoise(Step):
         }
 
 
-def _adaptive_fields(dp, released: bool) -> dict:
-    """The adaptive clip's ledger fields: its parameters, and what this round released."""
+def _adaptive_fields(dp: UserLevelDP | DeviceNoiseDP, released: bool) -> dict:
+    """The adaptive clip's ledger fields, for either noise source: its parameters, and what this
+    round released."""
     return {
         "clip_adaptive": True,
         "update_noise_multiplier": dp.update_noise_multiplier,
@@ -234,7 +235,7 @@ class DeviceNoise(Step):
             "user_level": UserLevel(
                 enabled=True,
                 accountant="skellam-rdp",
-                noise_multiplier=_gaussian_equivalent(dp, terms, clip),
+                noise_multiplier=dp.noise_multiplier,
                 clip_norm=clip,
                 sample_rate=q,
                 population=population,
@@ -259,33 +260,13 @@ class DeviceNoise(Step):
                 noise_clamped=record.noise_clamped,
                 clamp_probability=clamp,
                 clamp_delta=_clamp_delta(epsilon, clamp),
-                **(_device_adaptive_fields(dp, terms, rnd) if dp.adaptive else {}),
+                **(
+                    _adaptive_fields(dp, record.clip_fraction_under is not None)
+                    if dp.adaptive
+                    else {}
+                ),
             )
         }
-
-
-def _gaussian_equivalent(dp: DeviceNoiseDP, terms: RoundTerms, clip: float) -> float:
-    """The Gaussian-equivalent z at the fewest survivors: sqrt(mu_target) / (scale S) for a
-    fixed clip; with the adaptive clip, that of the joint (update, bit) vector, sqrt(mu) / Δ2."""
-    mu_total = terms.mu_device * dp.plan.min_survivors
-    if not dp.adaptive:
-        return math.sqrt(dp.plan.mu_target) / (dp.plan.scale * clip)
-    return math.sqrt(mu_total) / terms.l2
-
-
-def _device_adaptive_fields(dp: DeviceNoiseDP, terms: RoundTerms, rnd: RoundState) -> dict:
-    """The adaptive clip's ledger fields under device noise (see :func:`_adaptive_fields`)."""
-    mu_total = terms.mu_device * dp.plan.min_survivors
-    released = rnd.record.clip_fraction_under is not None
-    l2_update = math.sqrt(max(terms.l2**2 - (terms.bit_units / 2) ** 2, 0.0))
-    return {
-        "clip_adaptive": True,
-        "update_noise_multiplier": math.sqrt(mu_total) / l2_update,
-        "clip_count_stddev": dp.clip_count_stddev,
-        "clip_quantile": dp.clip_quantile,
-        "clip_fraction_under": dp.clip_fraction_under if released else None,
-        "next_clip_norm": dp.clip_norm,
-    }
 
 
 def _clamp_delta(epsilon: float, clamp: float) -> float:
