@@ -41,7 +41,7 @@ import numpy as np
 from shared import adaptive_clip, skellam
 from shared.config import ConfigError, RunConfig
 from shared.privacy import PrivacyHistory, clip_update, noise_for_target
-from shared.secagg import DeviceNoisePlan, SecAggPlan, plan_device_noise
+from shared.secagg import DeviceNoisePlan, SecAggPlan, mu_of_multiplier, plan_device_noise
 from shared.streams import Stream, generator, secret_seed
 
 
@@ -372,9 +372,7 @@ class DeviceNoiseDP:
 
         if config.dp_user_adaptive_clip:
             extra = _adaptive_fields(config, q * population)
-            base = mu_for or (
-                lambda scale: (config.dp_user_noise_multiplier * secagg.bound * scale) ** 2
-            )
+            base = mu_for or mu_of_multiplier(config.dp_user_noise_multiplier, secagg.bound)
             mu_for = _with_bit_share(
                 base, secagg.bound, dimension, extra["clip_count_stddev"], q * population
             )

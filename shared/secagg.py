@@ -242,6 +242,12 @@ def _power_of_two_at_least(x: float) -> float:
     return 2.0 ** math.ceil(math.log2(x))
 
 
+def mu_of_multiplier(z: float, bound: float) -> Callable[[float], float]:
+    """mu (integer units) as a function of the scale for a noise of std z x bound in float units:
+    what the server's N(0, (z S)^2) would be, in SecAgg+'s integers."""
+    return lambda scale: (z * bound * scale) ** 2
+
+
 def plan_device_noise(
     plan: SecAggPlan,
     dimension: int,
@@ -268,12 +274,14 @@ def plan_device_noise(
             f"{min_survivors}"
         )
 
-    def mu_fixed(z: float) -> Callable[[float], float]:
-        return lambda scale: (z * plan.bound * scale) ** 2
-
     finest = min(plan.bound, rounding_at or plan.bound)
     found = _search(
-        plan, dimension, mu_for or mu_fixed(noise_multiplier), min_survivors, rounds, finest
+        plan,
+        dimension,
+        mu_for or mu_of_multiplier(noise_multiplier, plan.bound),
+        min_survivors,
+        rounds,
+        finest,
     )
     if found is not None:
         return found
@@ -291,7 +299,12 @@ def plan_device_noise(
     low, high = 0.0, noise_multiplier  # the largest z that fits, by bisection
     for _ in range(50):
         mid = (low + high) / 2
-        fits = _search(plan, dimension, mu_fixed(mid), min_survivors, rounds, finest) is not None
+        fits = (
+            _search(
+                plan, dimension, mu_of_multiplier(mid, plan.bound), min_survivors, rounds, finest
+            )
+            is not None
+        )
         low, high = (mid, high) if fits else (low, mid)
     survivors = math.ceil(min_survivors * (noise_multiplier / low) ** 2) if low > 0 else None
     more = ""
