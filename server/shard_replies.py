@@ -126,7 +126,7 @@ class ShardValidation(Step):
         # Each user's update is within the bound, so their weighted sum is within weight x bound
         # (uniform weights under user-level DP, so that is trained x S).
         bound = min(self.clip_norm() or math.inf, self.validator.max_update_norm)
-        noise = self.noise_norm(len(asked))  # under device noise every asked user adds a share
+        noise = self.noise_norm(len(asked))  # device noise: at most every asked user added a share
         if math.sqrt(squared) > bound * weight * (1 + NORM_SLACK) + noise:
             noised = f" plus {noise:.3g} for the users' noise" if noise else ""
             raise InvalidReply(
